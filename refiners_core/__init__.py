@@ -1,0 +1,168 @@
+"""refiners-core: Chain, Context and Adapter for explicit model surgery in PyTorch.
+
+Light names (errors, plugin markers, descriptors) import eagerly; everything that needs torch is
+imported on first attribute access, so ``import refiners_core`` and the CLI's light paths stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from refiners_core.errors import (
+    AdapterError,
+    ChainError,
+    ContextError,
+    PickleRefusedError,
+    PluginError,
+    RefinersError,
+    RegistryError,
+    WeightsError,
+)
+from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
+from refiners_core.plugins.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+# name -> submodule holding it; imported lazily (PEP 562) because they import torch.
+_LAZY: dict[str, str] = {
+    # tree
+    "Module": "refiners_core.module",
+    "WeightedModule": "refiners_core.module",
+    "get_parent": "refiners_core.module",
+    "Chain": "refiners_core.chain",
+    "Parallel": "refiners_core.combinators",
+    "Distribute": "refiners_core.combinators",
+    "Sum": "refiners_core.combinators",
+    "Residual": "refiners_core.combinators",
+    "Concatenate": "refiners_core.combinators",
+    "Passthrough": "refiners_core.combinators",
+    "Lambda": "refiners_core.combinators",
+    "Return": "refiners_core.combinators",
+    "Breakpoint": "refiners_core.combinators",
+    # context
+    "SetContext": "refiners_core.context",
+    "UseContext": "refiners_core.context",
+    "ContextProvider": "refiners_core.context",
+    "Contexts": "refiners_core.context",
+    # adapters
+    "Adapter": "refiners_core.adapter",
+    "inject_adapters": "refiners_core.adapter",
+    "eject_adapters": "refiners_core.adapter",
+    # layers
+    "Linear": "refiners_core.layers.linear",
+    "Conv2d": "refiners_core.layers.conv",
+    "ConvTranspose2d": "refiners_core.layers.conv",
+    "LayerNorm": "refiners_core.layers.norm",
+    "GroupNorm": "refiners_core.layers.norm",
+    "Embedding": "refiners_core.layers.embedding",
+    "Parameter": "refiners_core.layers.embedding",
+    "ScaledDotProductAttention": "refiners_core.layers.attention",
+    "Attention": "refiners_core.layers.attention",
+    "SelfAttention": "refiners_core.layers.attention",
+    "ReLU": "refiners_core.layers.activations",
+    "SiLU": "refiners_core.layers.activations",
+    "GeLU": "refiners_core.layers.activations",
+    "ApproximateGeLU": "refiners_core.layers.activations",
+    "Sigmoid": "refiners_core.layers.activations",
+    "Tanh": "refiners_core.layers.activations",
+    "GLU": "refiners_core.layers.activations",
+    "Softmax": "refiners_core.layers.activations",
+    "Identity": "refiners_core.layers.basics",
+    "Multiply": "refiners_core.layers.basics",
+    "Cos": "refiners_core.layers.basics",
+    "Sin": "refiners_core.layers.basics",
+    "Reshape": "refiners_core.layers.basics",
+    "Flatten": "refiners_core.layers.basics",
+    "Unflatten": "refiners_core.layers.basics",
+    "Transpose": "refiners_core.layers.basics",
+    "Permute": "refiners_core.layers.basics",
+    "Squeeze": "refiners_core.layers.basics",
+    "Unsqueeze": "refiners_core.layers.basics",
+    "Slicing": "refiners_core.layers.basics",
+    "Chunk": "refiners_core.layers.basics",
+    "Cat": "refiners_core.layers.basics",
+    "Converter": "refiners_core.layers.basics",
+    "Dropout": "refiners_core.layers.basics",
+    "Interpolate": "refiners_core.layers.sampling",
+    "Upsample": "refiners_core.layers.sampling",
+    "Downsample": "refiners_core.layers.sampling",
+    # weights
+    "load_state_dict": "refiners_core.weights",
+    "save_state_dict": "refiners_core.weights",
+    "load_tensors": "refiners_core.weights",
+}
+
+__all__ = [
+    "AdapterError",
+    "AdapterFamily",
+    "BaseModelFamily",
+    "ChainError",
+    "ContextError",
+    "PickleRefusedError",
+    "PluginError",
+    "RefinersError",
+    "RegistryError",
+    "WeightsError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'refiners_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # static analysers see every name eagerly
+    from refiners_core.adapter import Adapter, eject_adapters, inject_adapters
+    from refiners_core.chain import Chain
+    from refiners_core.combinators import (
+        Breakpoint,
+        Concatenate,
+        Distribute,
+        Lambda,
+        Parallel,
+        Passthrough,
+        Residual,
+        Return,
+        Sum,
+    )
+    from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext
+    from refiners_core.layers.activations import GLU, ApproximateGeLU, GeLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
+    from refiners_core.layers.attention import Attention, ScaledDotProductAttention, SelfAttention
+    from refiners_core.layers.basics import (
+        Cat,
+        Chunk,
+        Converter,
+        Cos,
+        Dropout,
+        Flatten,
+        Identity,
+        Multiply,
+        Permute,
+        Reshape,
+        Sin,
+        Slicing,
+        Squeeze,
+        Transpose,
+        Unflatten,
+        Unsqueeze,
+    )
+    from refiners_core.layers.conv import Conv2d, ConvTranspose2d
+    from refiners_core.layers.embedding import Embedding, Parameter
+    from refiners_core.layers.linear import Linear
+    from refiners_core.layers.norm import GroupNorm, LayerNorm
+    from refiners_core.layers.sampling import Downsample, Interpolate, Upsample
+    from refiners_core.module import Module, WeightedModule, get_parent
+    from refiners_core.weights import load_state_dict, load_tensors, save_state_dict
