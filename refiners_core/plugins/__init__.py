@@ -10,26 +10,37 @@ Public API (none of it imports torch):
   (aliases included for adapter families).
 - ``catalog_sources()``: every catalog source returned by ``refiners_catalog_entries``, as
   ``(plugin_name, source)`` pairs.
-- ``plugin_reports()``: one ``PluginReport`` per discovered distribution (for ``refiners plugins``).
+- ``plugin_reports()``: one ``PluginReport`` per discovered plugin, i.e. per entry point of group
+  ``refiners`` (a distribution normally declares one), for ``refiners plugins``.
+- ``register_commands(cli)``: let loaded plugins add command groups to a typer app (used by the CLI).
+- ``RefinersPluginWarning``: the warning emitted for each skipped plugin or ignored contribution
+  (``REFINERS_STRICT_PLUGINS=1`` raises ``PluginError`` instead).
 """
 
 from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily, import_object
 from refiners_core.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from refiners_core.plugins.manager import (
+    ENTRY_POINT_GROUP,
     PluginReport,
+    RefinersPluginManager,
     adapter_families,
     base_model_families,
     catalog_sources,
     get_plugin_manager,
     plugin_reports,
+    register_commands,
     reset_plugin_manager,
 )
+from refiners_core.plugins.validation import RefinersPluginWarning
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "PROJECT_NAME",
     "AdapterFamily",
     "BaseModelFamily",
     "PluginReport",
+    "RefinersPluginManager",
+    "RefinersPluginWarning",
     "adapter_families",
     "base_model_families",
     "catalog_sources",
@@ -38,5 +49,6 @@ __all__ = [
     "hookspec",
     "import_object",
     "plugin_reports",
+    "register_commands",
     "reset_plugin_manager",
 ]
