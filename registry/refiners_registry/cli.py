@@ -1,0 +1,297 @@
+"""The ``refiners adapters ...`` and ``refiners cache ...`` command groups.
+
+Output contract: tables and messages go through rich; ``--json`` prints plain JSON on stdout; errors are
+one ``Error: ...`` line on stderr with the exit code of the error's kind (see the README); ``pull`` prints
+the local path alone on the last line of stdout, never wrapped. ``list``, ``search`` and ``info`` import
+neither torch nor anything that touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from refiners_registry.catalog import CatalogEntry
+from refiners_registry.errors import RegistryError, exit_code_for
+
+__all__ = ["adapters_app", "cache_app", "register"]
+
+adapters_app = typer.Typer(
+    name="adapters", help="Find, download and verify adapters from the catalog.", no_args_is_help=True
+)
+cache_app = typer.Typer(name="cache", help="Inspect and clean the local download cache.", no_args_is_help=True)
+
+_state: dict[str, bool] = {"offline": False}
+
+OfflineOption = Annotated[bool, typer.Option("--offline", help="Use only the local cache (same as HF_HUB_OFFLINE=1).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the ``adapters`` and ``cache`` groups to the ``refiners`` app."""
+    cli.add_typer(adapters_app, name="adapters")
+    cli.add_typer(cache_app, name="cache")
+
+
+@adapters_app.callback()
+def _adapters(offline: OfflineOption = False) -> None:
+    """Find, download and verify adapters from the catalog."""
+    _state["offline"] = offline
+
+
+@cache_app.callback()
+def _cache(offline: OfflineOption = False) -> None:
+    """Inspect and clean the local download cache."""
+    _state["offline"] = offline
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message.replace("\n", " ").strip() + "\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn registry errors into one ``Error:`` line and their exit code; print catalog warnings on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except RegistryError as error:
+            _flush_warnings(caught)
+            _err(f"Error: {error}")
+            raise typer.Exit(exit_code_for(error)) from None
+        except KeyboardInterrupt:
+            _err("Error: interrupted")
+            raise typer.Exit(130) from None
+    _flush_warnings(caught)
+
+
+def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for item in caught:
+        _err(f"warning: {item.message}")
+    caught.clear()
+
+
+def _registry(offline: bool = False) -> Any:
+    from refiners_registry.registry import Registry
+
+    return Registry(offline=True if (offline or _state["offline"]) else None)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _table(entries: list[CatalogEntry], registry: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "family", "base model", "cached"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description", overflow="fold")
+    for entry in entries:
+        cached = "yes" if registry.is_installed(entry.name) else ""
+        table.add_row(entry.name, entry.family, entry.base_model, cached, entry.description)
+    Console().print(table)
+
+
+@adapters_app.command("list")
+def list_(
+    family: Annotated[str | None, typer.Option("--family", help="Only this adapter family.")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model", help="Only this base model.")] = None,
+    installed: Annotated[bool, typer.Option("--installed", help="Only entries whose files are cached.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List catalog entries."""
+    with _errors():
+        registry = _registry()
+        entries = registry.list(family=family, base_model=base_model)
+        if installed:
+            entries = [e for e in entries if registry.is_installed(e.name)]
+        if as_json:
+            _print_json([e.to_dict() for e in entries])
+        else:
+            _table(entries, registry)
+
+
+@adapters_app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Words to look for in names, descriptions and tags.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Search catalog entries."""
+    with _errors():
+        registry = _registry()
+        entries = registry.search(text)
+        if as_json:
+            _print_json([e.to_dict() for e in entries])
+        else:
+            _table(entries, registry)
+
+
+@adapters_app.command()
+def info(name: Annotated[str, typer.Argument(help="Catalog name.")], as_json: JsonOption = False) -> None:
+    """Show one entry: what it is, where it comes from, and whether it is cached."""
+    with _errors():
+        registry = _registry()
+        entry = registry.get(name)
+        if as_json:
+            _print_json(entry.to_dict())
+            return
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        console.print(f"[bold]{entry.name}[/bold]  {entry.description}", markup=True)
+        rows = [
+            ("family", entry.family),
+            ("base model", entry.base_model),
+            ("license", entry.license),
+            ("tags", ", ".join(entry.tags)),
+            ("requires", entry.requires or "-"),
+            ("repository", entry.source.repo_id),
+            ("revision", entry.source.revision),
+            ("catalog", entry.origin),
+        ]
+        for key, value in rows:
+            console.print(f"  {key:<11}{value}", markup=False)
+        for file, local in registry.local_paths(name).items():
+            console.print(f"  file       {file}  ({'cached: ' + str(local) if local else 'not cached'})", markup=False)
+
+
+@adapters_app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="Catalog name.")],
+    revision: Annotated[str | None, typer.Option("--revision", help="Another 40-hex commit.")] = None,
+    local_dir: Annotated[Path | None, typer.Option("--local-dir", help="Copy the files into this folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Accept pickled files when the entry allows them too.")
+    ] = False,
+    offline: OfflineOption = False,
+) -> None:
+    """Download an entry's files and check their sha256; print the local path on the last line."""
+    with _errors():
+        registry = _registry(offline)
+        registry.get(name)
+        _err(f"pulling {name}")
+        path = registry.pull(name, revision=revision, local_dir=local_dir, force=force, allow_pickle=allow_pickle)
+        _err("verifying sha256: ok")
+    sys.stdout.write(f"{path}\n")
+
+
+@adapters_app.command()
+def verify(
+    names: Annotated[list[str] | None, typer.Argument(help="Catalog names (default: all cached).")] = None,
+) -> None:
+    """Hash cached files again and compare them with the catalog."""
+    with _errors():
+        registry = _registry()
+        explicit = bool(names)
+        targets = names or [e.name for e in registry.list()]
+        bad = missing = checked = 0
+        for target in targets:
+            result = registry.verify(target)
+            if not result.cached:
+                if explicit:
+                    missing += 1
+                    _err(f"{target}: not cached")
+                continue
+            for check in result.files:
+                checked += 1
+                if check.status == "ok":
+                    sys.stdout.write(f"ok        {target}  {check.path}\n")
+                elif check.status == "missing":
+                    missing += 1
+                    sys.stdout.write(f"missing   {target}  {check.path}\n")
+                else:
+                    bad += 1
+                    sys.stdout.write(f"MISMATCH  {target}  {check.path}  want {check.want} got {check.got}\n")
+        if bad:
+            _err(f"Error: {bad} file(s) do not match the catalog; run 'refiners adapters pull --force NAME'")
+            raise typer.Exit(5)
+        if missing:
+            _err(f"Error: {missing} file(s) not cached; run 'refiners adapters pull NAME'")
+            raise typer.Exit(6)
+        if not checked:
+            _err("nothing cached to verify")
+
+
+@adapters_app.command()
+def remove(name: Annotated[str, typer.Argument(help="Catalog name.")]) -> None:
+    """Remove an entry's files from the cache."""
+    with _errors():
+        registry = _registry()
+        if not any(registry.local_paths(name).values()):
+            _err(f"{name} is not cached")
+            return
+        freed = registry.remove(name)
+        sys.stdout.write(f"removed {name} ({_human(freed)} freed)\n")
+
+
+@cache_app.command("dir")
+def cache_dir() -> None:
+    """Print the cache folder."""
+    from refiners_registry.download import default_cache_dir
+
+    sys.stdout.write(f"{default_cache_dir()}\n")
+
+
+@cache_app.command("ls")
+def cache_ls(as_json: JsonOption = False) -> None:
+    """List cached catalog entries with their size on disk."""
+    with _errors():
+        registry = _registry()
+        rows = []
+        for entry in registry.list():
+            paths = [p for p in registry.local_paths(entry.name).values() if p is not None]
+            if paths:
+                size = sum(p.stat().st_size for p in paths)
+                complete = len(paths) == len(entry.source.files)
+                rows.append({"name": entry.name, "size": size, "complete": complete, "paths": [str(p) for p in paths]})
+        if as_json:
+            _print_json(rows)
+            return
+        for row in rows:
+            state = "" if row["complete"] else "  (partial)"
+            sys.stdout.write(f"{row['name']}  {_human(row['size'])}{state}  {row['paths'][0]}\n")
+        _err(f"{len(rows)} cached entries, {_human(sum(r['size'] for r in rows))}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
+) -> None:
+    """Remove leftovers: unfinished downloads, blobs no snapshot uses, dangling links, empty folders."""
+    from refiners_registry.cache import prune
+    from refiners_registry.download import default_cache_dir
+
+    with _errors():
+        removed, freed = prune(default_cache_dir(), dry_run=dry_run)
+        for path in removed:
+            sys.stdout.write(f"{'would remove' if dry_run else 'removed'} {path}\n")
+        _err(f"{len(removed)} item(s), {_human(freed)}{' would be' if dry_run else ''} freed")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the two groups without the core CLI (``python -m refiners_registry``)."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False)
+    register(app)
+    app(args=argv, prog_name="refiners")
