@@ -232,7 +232,7 @@ class RefinersPluginManager(pluggy.PluginManager):
         return gathered
 
     def adapter_families(self) -> dict[str, AdapterFamily]:
-        """``{name or alias: family}`` over loaded plugins; on a clash the first plugin wins."""
+        """``{name or alias: family}`` over loaded plugins; on a clash the first plugin (by distribution name) wins."""
         if self._families is None:
             self._families = self._merge("refiners_adapter_families", "adapter family", with_aliases=True)
         return dict(self._families)
@@ -355,12 +355,27 @@ def load_plugins_setting() -> frozenset[str] | None:
     value = os.environ.get(LOAD_PLUGINS_ENV)
     if value is None:
         return None
-    return frozenset(canonicalize_name(name) for name in value.split(",") if name.strip())
+    return frozenset(canonicalize_name(name.strip()) for name in value.split(",") if name.strip())
 
 
 def strict_setting() -> bool:
     """Whether ``REFINERS_STRICT_PLUGINS`` asks for errors instead of warnings."""
     return os.environ.get(STRICT_PLUGINS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def discover_entry_points() -> list[metadata.EntryPoint]:
+    """Entry points of group ``refiners``, sorted by distribution then entry-point name.
+
+    The order decides which plugin wins a name clash; sorting makes it the same on every machine
+    instead of depending on directory listing order.
+    """
+    found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+    def key(entry_point: metadata.EntryPoint) -> tuple[str, str]:
+        dist = entry_point.dist
+        return (canonicalize_name(dist.metadata["Name"] or "") if dist is not None else "", entry_point.name)
+
+    return sorted(found, key=key)
 
 
 _lock = threading.RLock()
@@ -377,7 +392,7 @@ def get_plugin_manager() -> RefinersPluginManager:
     with _lock:
         if _manager is None:
             manager = RefinersPluginManager(strict=strict_setting())
-            manager.load_entry_points(metadata.entry_points(group=ENTRY_POINT_GROUP), only=load_plugins_setting())
+            manager.load_entry_points(discover_entry_points(), only=load_plugins_setting())
             _manager = manager
         return _manager
 
