@@ -23,7 +23,10 @@ WIDTH = 64
 DEPTH = 64
 
 
-def flat(chain: Callable[..., nn.Module], linear: Callable[[], nn.Module], relu: Callable[[], nn.Module]) -> nn.Module:
+Factory = Callable[[], nn.Module]
+
+
+def flat(chain: Callable[..., nn.Module], linear: Factory, relu: Factory) -> nn.Module:
     layers: list[nn.Module] = []
     for _ in range(DEPTH):
         layers += [linear(), relu()]
@@ -39,14 +42,15 @@ def nested(
     return model
 
 
-def contenders() -> dict[str, tuple[Callable[..., nn.Module], Callable[[], nn.Module], Callable[[], nn.Module]]]:
+def contenders() -> dict[str, tuple[Callable[..., nn.Module], Factory, Factory]]:
     found = {
         "nn.Sequential": (nn.Sequential, lambda: nn.Linear(WIDTH, WIDTH), nn.ReLU),
         "refiners-core": (rc.Chain, lambda: rc.Linear(WIDTH, WIDTH), rc.ReLU),
     }
     try:
-        import refiners.fluxion.layers as fl  # the original project, installed in the bench environment only
         from importlib.metadata import version
+
+        import refiners.fluxion.layers as fl  # the original project, installed in the bench environment only
 
         found[f"refiners {version('refiners')}"] = (fl.Chain, lambda: fl.Linear(WIDTH, WIDTH), fl.ReLU)
     except ImportError:
