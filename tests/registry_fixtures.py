@@ -1,0 +1,111 @@
+"""Fixtures for the registry tests: a local Hub holding small real safetensors files, and a catalog for them.
+
+``hub_catalog`` serves two repositories on ``hub_server`` and writes a catalog (named in ``REFINERS_CATALOG``):
+
+- ``test/lora-tiny`` (family ``testlora``): ``lora.safetensors`` in ``test-org/tiny-lora``;
+- ``test/big`` (family ``testlora``): ``weights/big.safetensors`` (a few MiB) in ``test-org/big``;
+- ``test/pair`` (family ``testlora``): two files of ``test-org/tiny-lora`` (``lora.safetensors``, ``config.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hub_fixtures import hub_env, hub_server, safetensors_bytes, write_catalog  # noqa: F401
+from hub_server import HubServer
+
+
+@dataclass
+class HubCatalog:
+    """What ``hub_catalog`` set up."""
+
+    hub: HubServer
+    env: dict[str, str]
+    catalog: Path
+    files: dict[str, bytes]  # entry name -> bytes of its (main) file
+    repos: dict[str, tuple[str, str, str]]  # entry name -> (repo_id, revision, path)
+
+    def entry(self, name: str, **overrides: Any) -> dict[str, Any]:
+        """A catalog mapping for one of the served files (for writing further catalogs)."""
+        repo_id, revision, path = self.repos[name]
+        data = self.files[name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "family": "testlora",
+            "base_model": "sd15",
+            "description": f"test entry {name}",
+            "license": "mit",
+            "tags": ["test"],
+            "source": {
+                "repo_id": repo_id,
+                "revision": revision,
+                "files": [{"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}],
+            },
+        }
+        entry.update(overrides)
+        return entry
+
+
+def _tensors(seed: int, rows: int) -> dict[str, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "down.weight": torch.randn(rows, 64, generator=generator),
+        "up.weight": torch.randn(64, rows, generator=generator),
+        "steps": torch.arange(4, dtype=torch.int64),
+    }
+
+
+@pytest.fixture
+def hub_catalog(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubCatalog:
+    """Serve the test repositories and name their catalog in ``REFINERS_CATALOG``."""
+    hub: HubServer = request.getfixturevalue("hub_server")
+    env: dict[str, str] = request.getfixturevalue("hub_env")
+    tiny = safetensors_bytes(_tensors(0, 8))
+    big = safetensors_bytes(_tensors(1, 8192))  # ~4 MiB: several chunks on the wire
+    config = b'{"rank": 8}\n'
+    tiny_rev = hub.add_repo("test-org/tiny-lora", {"lora.safetensors": tiny, "config.json": config})
+    big_rev = hub.add_repo("test-org/big", {"weights/big.safetensors": big})
+    found = HubCatalog(
+        hub=hub,
+        env=env,
+        catalog=tmp_path / "catalogs" / "test.toml",
+        files={"test/lora-tiny": tiny, "test/big": big, "test/pair": tiny},
+        repos={
+            "test/lora-tiny": ("test-org/tiny-lora", tiny_rev, "lora.safetensors"),
+            "test/big": ("test-org/big", big_rev, "weights/big.safetensors"),
+            "test/pair": ("test-org/tiny-lora", tiny_rev, "lora.safetensors"),
+        },
+    )
+    pair = found.entry("test/pair")
+    pair["source"]["files"].append({"path": "config.json", "sha256": hashlib.sha256(config).hexdigest()})
+    write_catalog(found.catalog, [found.entry("test/lora-tiny"), found.entry("test/big"), pair])
+    monkeypatch.setenv("REFINERS_CATALOG", str(found.catalog))
+    env["REFINERS_CATALOG"] = str(found.catalog)
+    return found
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``refiners ARGS`` in a subprocess with ``env``; return the completed process (text mode)."""
+    return subprocess.run(
+        [sys.executable, "-m", "refiners_core.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=os.getcwd(),
+    )
+
+
+def blobs(env: dict[str, str], repo_id: str) -> list[Path]:
+    """Every file under the repository's ``blobs`` folder in the cache of ``env`` (incomplete ones included)."""
+    folder = Path(env["HF_HOME"]) / "hub" / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
