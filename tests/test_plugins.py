@@ -395,6 +395,31 @@ def test_directly_registered_plugin_is_reported(make_plugin_dist: MakePluginDist
     assert report("direct").entry_point == "<registered directly>"
 
 
+def test_plugin_importing_torch_is_loaded_with_a_warning(make_plugin_dist: MakePluginDist) -> None:
+    heavy = """
+    import torch
+    from refiners_core import hookimpl
+
+    @hookimpl
+    def refiners_base_models():
+        return []
+    """
+    make_plugin_dist("refiners-heavy", heavy)
+    code = (
+        "import warnings, refiners_core.plugins as p\n"
+        "with warnings.catch_warnings(record=True) as records:\n"
+        "    warnings.simplefilter('always')\n"
+        "    [r] = [r for r in p.plugin_reports() if r.name == 'heavy']\n"
+        "print(r.status, r.problems)\n"
+        "print([str(w.message) for w in records if 'refiners-heavy' in str(w.message)])\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    status_line, warning_line = completed.stdout.splitlines()
+    assert status_line.startswith("loaded")
+    assert "importing 'refiners_heavy.plugin' imports torch; plugin modules must stay light" in status_line
+    assert warning_line.count("imports torch") == 1
+
+
 def test_plugin_system_does_not_import_torch() -> None:
     code = (
         "import sys, refiners_core.plugins as p; p.plugin_reports(); p.adapter_families(); "

@@ -15,6 +15,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterable
@@ -175,11 +176,13 @@ class RefinersPluginManager(pluggy.PluginManager):
         if problem := requirement_problem(requires, _core_version()):
             self._skip(record, problem)
             return
+        torch_before = "torch" in sys.modules
         try:
             plugin = entry_point.load()
         except (Exception, SystemExit) as error:
             self._skip(record, f"import failed: {type(error).__name__}: {error}")
             return
+        imported_torch = not torch_before and "torch" in sys.modules
         record.hooks = implemented_hooks(plugin)
         if problems := hook_problems(plugin):
             self._skip(record, "; ".join(problems))
@@ -190,6 +193,8 @@ class RefinersPluginManager(pluggy.PluginManager):
             self._skip(record, f"registration failed: {error}")
             return
         record.status = "loaded"
+        if imported_torch:  # still usable, but it slows every `refiners` start
+            self._problem(record, f"importing '{record.entry_point}' imports torch; plugin modules must stay light")
 
     def _skip(self, record: _Record, reason: str) -> None:
         record.status = "skipped"
