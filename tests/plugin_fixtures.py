@@ -36,7 +36,7 @@ import pytest
 
 from refiners_core.plugins import reset_plugin_manager
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 from refiners_core import AdapterFamily, BaseModelFamily, hookimpl
 
 
@@ -62,7 +62,7 @@ def refiners_base_models():
 @hookimpl
 def refiners_catalog_entries():
     return [{{"name": "{family}-entry", "family": "{family}"}}]
-'''
+"""
 
 
 @dataclass(frozen=True)
