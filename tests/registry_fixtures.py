@@ -32,15 +32,15 @@ class HubCatalog:
     files: dict[str, bytes]  # entry name -> bytes of its (main) file
     repos: dict[str, tuple[str, str, str]]  # entry name -> (repo_id, revision, path)
 
-    def entry(self, name: str, **overrides: Any) -> dict[str, Any]:
-        """A catalog mapping for one of the served files (for writing further catalogs)."""
-        repo_id, revision, path = self.repos[name]
-        data = self.files[name]
+    def entry(self, served: str, **overrides: Any) -> dict[str, Any]:
+        """A catalog mapping for the file of entry ``served`` (for writing further catalogs)."""
+        repo_id, revision, path = self.repos[served]
+        data = self.files[served]
         entry: dict[str, Any] = {
-            "name": name,
+            "name": served,
             "family": "testlora",
             "base_model": "sd15",
-            "description": f"test entry {name}",
+            "description": f"test entry {served}",
             "license": "mit",
             "tags": ["test"],
             "source": {
