@@ -1,0 +1,63 @@
+"""LoraAdapter: a target layer plus any number of named LoRAs, summed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+import refiners_core as rc
+from refiners_lora.errors import LoraError
+from refiners_lora.layers import Lora
+
+
+class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
+    """Takes the place of a Linear or Conv2d layer: ``target(x) + sum(lora(x))`` over its LoRAs.
+
+    LoRAs are children named after the LoRA they belong to, so several named LoRAs stack on the same
+    layer. LoRAs that are fused into the target's weight, or whose scale is 0, are skipped.
+    """
+
+    def __init__(self, target: nn.Module, **loras: Lora) -> None:
+        if not isinstance(target, nn.Linear | nn.Conv2d):
+            raise LoraError(f"LoRA targets must be Linear or Conv2d layers, not {type(target).__name__}")
+        with self.setup_adapter(target):
+            super().__init__(target)
+        for name, lora in loras.items():
+            self.add_lora(name, lora)
+
+    @property
+    def loras(self) -> dict[str, Lora]:
+        """The LoRAs of this layer by name."""
+        return {name: module for name, module in self._modules.items() if isinstance(module, Lora)}
+
+    def add_lora(self, name: str, lora: Lora) -> None:
+        """Add ``lora`` under ``name`` (a child name: no dots)."""
+        if not name or "." in name:
+            raise LoraError(f"invalid LoRA name {name!r}: it must be non-empty and contain no '.'")
+        if name in self._modules:
+            raise LoraError(f"this layer already has a child named {name!r}")
+        self.append(lora, name=name)
+
+    def remove_lora(self, name: str) -> Lora:
+        """Remove and return the LoRA named ``name``."""
+        lora = self.loras.get(name)
+        if lora is None:
+            raise LoraError(f"no LoRA named {name!r} on this layer")
+        self.remove(lora)
+        return lora
+
+    def _base(self) -> nn.Module:
+        return next(iter(self._modules.values()))  # the target, or an adapter stacked on it
+
+    def _active(self) -> Iterator[Lora]:
+        for module in self._modules.values():
+            if isinstance(module, Lora) and not module.fused and module.scale != 0:
+                yield module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        result = self._base()(x)
+        for lora in self._active():
+            result = result + lora(x)
+        return result

@@ -1,0 +1,16 @@
+"""Errors of refiners-lora. Importing this module never imports torch."""
+
+from __future__ import annotations
+
+from refiners_core.errors import WeightsError
+
+
+class LoraError(WeightsError):
+    """A LoRA file does not fit the model (unmatched keys, bad shapes, missing components) or a LoRA
+    operation is invalid (unknown name, duplicate name)."""
+
+
+def format_keys(keys: list[str], limit: int = 25) -> str:
+    """Join ``keys`` for an error message, eliding past ``limit``."""
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

@@ -1,0 +1,77 @@
+"""Format detection and parsing: every supported layout becomes a :class:`ParsedLora`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from refiners_core.weights import load_tensors, read_metadata
+from refiners_lora.errors import LoraError, format_keys
+from refiners_lora.formats.common import LoraWeights, ParsedLora
+from refiners_lora.formats.diffusers import is_diffusers, parse_diffusers
+from refiners_lora.formats.diffusers_old import is_diffusers_old, parse_diffusers_old
+from refiners_lora.formats.kohya import is_kohya, parse_kohya
+from refiners_lora.formats.refiners import METADATA_KEY as REFINERS_MARKER
+from refiners_lora.formats.refiners import is_refiners, parse_refiners
+
+__all__ = ["LoraWeights", "ParsedLora", "detect_format", "parse_lora", "read_lora_file"]
+
+WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+
+
+def detect_format(keys: list[str], metadata: Mapping[str, str] | None = None) -> str:
+    """The layout of a LoRA state dict, from its keys (and header): ``kohya``, ``diffusers``
+    (PEFT included), ``diffusers-old`` or ``refiners``.
+
+    Raises:
+        LoraError: when no known layout fits.
+    """
+    if metadata and REFINERS_MARKER in metadata:
+        return "refiners"
+    if is_kohya(keys):
+        return "kohya"
+    if is_diffusers(keys):
+        return "diffusers"
+    if is_diffusers_old(keys):
+        return "diffusers-old"
+    if is_refiners(keys, metadata):
+        return "refiners"
+    raise LoraError(f"not a LoRA file in a known format (kohya, diffusers, PEFT, old diffusers): {format_keys(keys)}")
+
+
+def _weight_file(path: Path) -> Path:
+    if not path.is_dir():
+        return path
+    for name in WEIGHT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    candidates = sorted(path.glob("*.safetensors"))
+    if len(candidates) != 1:
+        raise LoraError(f"{path} holds {len(candidates)} .safetensors files: pass the file itself")
+    return candidates[0]
+
+
+def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a LoRA file (or the LoRA file of a folder): its tensors on CPU, and its safetensors header."""
+    file = _weight_file(Path(path))
+    tensors = load_tensors(file, allow_pickle=allow_pickle)
+    metadata = read_metadata(file) if file.suffix == ".safetensors" else {}
+    return tensors, metadata
+
+
+def parse_lora(
+    state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None, format: str | None = None
+) -> ParsedLora:
+    """Normalise a LoRA state dict; ``format`` forces a layout instead of detecting it."""
+    layout = format or detect_format(list(state_dict), metadata)
+    if layout == "kohya":
+        return parse_kohya(state_dict)
+    if layout in ("diffusers", "peft"):
+        return parse_diffusers(state_dict, metadata)
+    if layout == "diffusers-old":
+        return parse_diffusers_old(state_dict)
+    if layout == "refiners":
+        return parse_refiners(state_dict)
+    raise LoraError(f"unknown LoRA format {layout!r}: expected kohya, diffusers, peft, diffusers-old or refiners")

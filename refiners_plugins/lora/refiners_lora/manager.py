@@ -1,0 +1,294 @@
+"""LoraManager: named LoRAs on a model — add, rescale, remove, fuse, unfuse, save."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import refiners_core as rc
+from refiners_core.module import get_parent
+from refiners_lora.adapter import LoraAdapter
+from refiners_lora.errors import LoraError, format_keys
+from refiners_lora.formats import parse_lora, read_lora_file
+from refiners_lora.formats.common import COMPONENTS, LoraWeights
+from refiners_lora.layers import Lora, lora_from_weights
+from refiners_lora.module_map import ModuleMap, NameResolver, resolve_module_map
+from refiners_lora.writers import write_lora
+
+Target = tuple[str, str]  # (component, module name)
+_MANAGER_ATTRIBUTE = "_refiners_lora_manager"
+
+
+class LoraManager:
+    """Loads named LoRAs into a model and manages them.
+
+    Module names in LoRA files are matched against a name -> layer map built once, before any
+    adapter is injected: by default diffusers names for a refiners-sd UNet, dotted layer paths for
+    any other Chain; ``module_map`` overrides it. ``model`` is the ``unet`` component; text encoders
+    and other components can be given in ``components`` (a module or a name -> layer map each).
+
+    Several LoRAs stack on the same layers with independent scales. Every change is all-or-nothing:
+    when :meth:`add` raises, the model is exactly as before.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_map: ModuleMap | nn.Module | None = None,
+        components: Mapping[str, ModuleMap | nn.Module] | None = None,
+    ) -> None:
+        existing = model.__dict__.get(_MANAGER_ATTRIBUTE)
+        if existing is not None and existing.names:
+            raise LoraError("this model already has a LoraManager holding LoRAs: use LoraManager.of(model)")
+        self.model = model
+        self._maps: dict[str, dict[str, nn.Module]] = {"unet": resolve_module_map(model, module_map)}
+        for component, source in (components or {}).items():
+            if component not in COMPONENTS:
+                raise LoraError(f"unknown component {component!r}: expected one of {', '.join(COMPONENTS)}")
+            self._maps[component] = resolve_module_map(source if isinstance(source, nn.Module) else model, source)
+        self._resolvers: dict[str, NameResolver] = {}
+        self._adapters: dict[Target, LoraAdapter] = {}
+        self._loras: dict[str, dict[Target, Lora]] = {}
+        self._scales: dict[str, float] = {}
+        model.__dict__[_MANAGER_ATTRIBUTE] = self
+
+    @classmethod
+    def of(cls, model: nn.Module, **options: Any) -> LoraManager:
+        """The manager already attached to ``model``, or a new one built with ``options``."""
+        existing = model.__dict__.get(_MANAGER_ATTRIBUTE)
+        return existing if existing is not None else cls(model, **options)
+
+    # ---- state -----------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the loaded LoRAs, in loading order."""
+        return list(self._loras)
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """User scale of each loaded LoRA."""
+        return dict(self._scales)
+
+    @property
+    def fused_names(self) -> list[str]:
+        """Names of the LoRAs currently fused into the base weights."""
+        return [name for name, layers in self._loras.items() if any(lora.fused for lora in layers.values())]
+
+    def layers_of(self, name: str) -> dict[Target, Lora]:
+        """The LoRA layers of ``name`` by ``(component, module name)``."""
+        return dict(self._require(name))
+
+    def _require(self, name: str) -> dict[Target, Lora]:
+        if name not in self._loras:
+            raise LoraError(f"no LoRA named {name!r} (loaded: {', '.join(self._loras) or 'none'})")
+        return self._loras[name]
+
+    def _resolver(self, component: str) -> NameResolver:
+        if component not in self._resolvers:
+            self._resolvers[component] = NameResolver(list(self._maps[component]))
+        return self._resolvers[component]
+
+    # ---- adding ----------------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        weights: str | Path | Mapping[str, torch.Tensor],
+        scale: float = 1.0,
+        *,
+        skip_components: Iterable[str] = (),
+        format: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        allow_pickle: bool = False,
+    ) -> LoraManager:
+        """Load the LoRA ``weights`` (a file, a folder holding one, or a state dict) under ``name``.
+
+        The format is detected from the keys (``format`` forces one); modules are matched by name.
+        ``skip_components`` deliberately ignores whole components (e.g. ``("text_encoder",)``).
+
+        Raises:
+            LoraError: listing every offending key: keys of no known layout, incomplete down/up
+                pairs, components the manager lacks, names matching no module, shapes that do not
+                fit. Nothing is changed then.
+        """
+        if not name or "." in name:
+            raise LoraError(f"invalid LoRA name {name!r}: it must be non-empty and contain no '.'")
+        if name in self._loras:
+            raise LoraError(f"a LoRA named {name!r} is already loaded: remove it first or pick another name")
+        if isinstance(weights, str | Path):
+            state_dict, file_metadata = read_lora_file(weights, allow_pickle=allow_pickle)
+            metadata = {**file_metadata, **(metadata or {})}
+        else:
+            state_dict = dict(weights)
+        parsed = parse_lora(state_dict, metadata, format=format)
+        built = self._build(name, parsed.layers, parsed.invalid_keys, set(skip_components), parsed.format, scale)
+        self._attach(name, built)
+        self._scales[name] = float(scale)
+        return self
+
+    def _build(
+        self,
+        name: str,
+        entries: list[LoraWeights],
+        invalid_keys: list[str],
+        skip: set[str],
+        layout: str,
+        scale: float,
+    ) -> dict[Target, tuple[LoraAdapter, bool, Lora]]:
+        problems: list[str] = []
+        if invalid_keys:
+            problems.append(f"keys of no known LoRA layout or without their down/up pair: {format_keys(invalid_keys)}")
+        unknown_skips = skip - set(COMPONENTS)
+        if unknown_skips:
+            problems.append(f"unknown components to skip: {', '.join(sorted(unknown_skips))}")
+        missing_component: list[str] = []
+        unmatched: list[str] = []
+        misfit: list[str] = []
+        built: dict[Target, tuple[LoraAdapter, bool, Lora]] = {}
+        for entry in entries:
+            if entry.component in skip:
+                continue
+            if entry.component not in self._maps:
+                missing_component.extend(entry.keys)
+                continue
+            module = self._resolver(entry.component).resolve(entry.name, entry.underscored)
+            if module is None:
+                unmatched.extend(entry.keys)
+                continue
+            target_key = (entry.component, module)
+            if target_key in built:
+                misfit.append(f"{', '.join(entry.keys)} (a second LoRA for {module})")
+                continue
+            target = self._maps[entry.component][module]
+            try:
+                lora = lora_from_weights(target, entry.down, entry.up, entry.alpha, scale)
+            except LoraError as error:
+                misfit.append(f"{', '.join(entry.keys)} ({error})")
+                continue
+            adapter = self._adapters.get(target_key)
+            is_new = adapter is None
+            if adapter is None:
+                if get_parent(target) is None:
+                    misfit.append(f"{', '.join(entry.keys)} ({module} is not inside a refiners Chain)")
+                    continue
+                adapter = LoraAdapter(target)
+            if name in adapter._modules:
+                misfit.append(f"{', '.join(entry.keys)} (name {name!r} is taken on {module})")
+                continue
+            built[target_key] = (adapter, is_new, lora)
+        if missing_component:
+            components = sorted({entry.component for entry in entries if entry.component not in self._maps})
+            problems.append(
+                f"keys for {', '.join(components)}, which this manager does not have (pass it in components=, "
+                f"or skip_components={tuple(components)!r} to ignore it): {format_keys(missing_component)}"
+            )
+        if unmatched:
+            problems.append(f"keys matching no module of the model: {format_keys(unmatched)}")
+        if misfit:
+            problems.append(f"keys that do not fit their module: {format_keys(misfit, limit=10)}")
+        if not problems and not built:
+            problems.append("no LoRA layer left to load")
+        if problems:
+            raise LoraError(f"cannot add LoRA {name!r} ({layout}): " + "; ".join(problems))
+        return built
+
+    def _attach(self, name: str, built: dict[Target, tuple[LoraAdapter, bool, Lora]]) -> None:
+        new_adapters = [adapter for adapter, is_new, _ in built.values() if is_new]
+        rc.inject_adapters(new_adapters)
+        attached: list[tuple[LoraAdapter, Lora]] = []
+        try:
+            for adapter, _, lora in built.values():
+                adapter.add_lora(name, lora)
+                attached.append((adapter, lora))
+        except BaseException:
+            for adapter, lora in reversed(attached):
+                adapter.remove(lora)
+            rc.eject_adapters(reversed(new_adapters))
+            raise
+        for target_key, (adapter, _, _) in built.items():
+            self._adapters[target_key] = adapter
+        self._loras[name] = {target_key: lora for target_key, (_, _, lora) in built.items()}
+
+    # ---- changing --------------------------------------------------------------------------------
+
+    def set_scale(self, name: str, scale: float) -> None:
+        """Change the scale of ``name``; a fused LoRA's base weights are updated by the difference."""
+        layers = self._require(name)
+        scale = float(scale)
+        for (component, module), lora in layers.items():
+            if lora.fused:
+                difference = (scale - lora.scale) * lora.alpha / lora.rank
+                lora.add_delta_to(self._weight(component, module), difference)
+            lora.scale = scale
+        self._scales[name] = scale
+
+    def remove(self, name: str) -> None:
+        """Remove ``name`` (unfusing it first if fused); a layer left with no LoRA gets its original back."""
+        layers = self._require(name)
+        self._unfuse_layers(layers)
+        for target_key in layers:
+            adapter = self._adapters[target_key]
+            adapter.remove_lora(name)
+            if not adapter.loras:
+                adapter.eject()
+                del self._adapters[target_key]
+        del self._loras[name]
+        del self._scales[name]
+
+    def remove_all(self) -> None:
+        """Remove every LoRA: the model gets back its exact original layers."""
+        for name in reversed(self.names):
+            self.remove(name)
+
+    # ---- fusing ----------------------------------------------------------------------------------
+
+    def _weight(self, component: str, module: str) -> torch.Tensor:
+        return self._maps[component][module].weight  # type: ignore[return-value]
+
+    def fuse(self, names: Iterable[str] | None = None) -> None:
+        """Merge LoRAs (default: all) into the base weights, in place: zero overhead at inference.
+
+        Fused LoRAs stay listed; :meth:`set_scale` and :meth:`remove` keep working on them.
+        """
+        selected = list(self._loras) if names is None else list(names)
+        for name in selected:
+            self._require(name)
+        for name in selected:
+            for (component, module), lora in self._loras[name].items():
+                if not lora.fused:
+                    lora.add_delta_to(self._weight(component, module), lora.effective_scale)
+                    lora.fused = True
+
+    def _unfuse_layers(self, layers: Mapping[Target, Lora]) -> None:
+        for (component, module), lora in layers.items():
+            if lora.fused:
+                lora.add_delta_to(self._weight(component, module), -lora.effective_scale)
+                lora.fused = False
+
+    def unfuse(self, names: Iterable[str] | None = None) -> None:
+        """Take fused LoRAs (default: all) back out of the base weights (exact up to float rounding)."""
+        selected = list(self._loras) if names is None else list(names)
+        for name in selected:
+            self._unfuse_layers(self._require(name))
+
+    # ---- saving ----------------------------------------------------------------------------------
+
+    def state_dict_of(self, name: str) -> dict[Target, tuple[torch.Tensor, torch.Tensor, float]]:
+        """``(down, up, alpha)`` of every layer of ``name`` by ``(component, module name)``."""
+        return {
+            target_key: (lora.down.weight.detach(), lora.up.weight.detach(), lora.alpha)  # type: ignore[union-attr]
+            for target_key, lora in self._require(name).items()
+        }
+
+    def save(self, name: str, path: str | Path, format: str = "diffusers") -> Path:
+        """Write ``name`` to a safetensors file in ``format`` (``diffusers``, ``kohya`` or ``refiners``).
+
+        Ranks and alphas are kept (diffusers files carry them in ``lora_adapter_metadata``); the user
+        scale is not part of the file.
+        """
+        return write_lora(self.state_dict_of(name), path, format)

@@ -1,0 +1,25 @@
+"""Hooks of refiners-lora, found through the ``refiners`` entry point.
+
+Imported every time ``refiners`` starts: metadata only, no torch. The loader lives in
+:mod:`refiners_lora.loader` and is imported on first use.
+"""
+
+from __future__ import annotations
+
+from refiners_core import AdapterFamily, hookimpl
+
+FORMATS = ("kohya", "diffusers", "peft", "diffusers-old", "refiners")
+
+
+@hookimpl
+def refiners_adapter_families() -> list[AdapterFamily]:
+    """Declare the ``lora`` adapter family and where its loader lives."""
+    return [
+        AdapterFamily(
+            name="lora",
+            description="LoRA and LoCon (kohya, diffusers, PEFT, old diffusers): stackable, scalable, fusable.",
+            loader="refiners_lora.loader:load_lora",
+            formats=FORMATS,
+            base_models=("sd15", "sdxl"),
+        )
+    ]
