@@ -10,6 +10,7 @@ import torch
 from refiners_core.weights import load_tensors, read_metadata
 from refiners_lora.errors import LoraError, format_keys
 from refiners_lora.formats.common import LoraWeights, ParsedLora
+from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
 from refiners_lora.formats.diffusers import is_diffusers, parse_diffusers
 from refiners_lora.formats.diffusers_old import is_diffusers_old, parse_diffusers_old
 from refiners_lora.formats.kohya import is_kohya, parse_kohya
@@ -54,10 +55,16 @@ def _weight_file(path: Path) -> Path:
 
 
 def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a LoRA file (or the LoRA file of a folder): its tensors on CPU, and its safetensors header."""
+    """Read a LoRA file (or the LoRA file of a folder): its tensors on CPU, and its safetensors header.
+
+    A PEFT ``adapter_config.json`` next to the file stands in for a missing ``lora_adapter_metadata``.
+    """
     file = _weight_file(Path(path))
     tensors = load_tensors(file, allow_pickle=allow_pickle)
     metadata = read_metadata(file) if file.suffix == ".safetensors" else {}
+    peft_config = file.with_name("adapter_config.json")
+    if DIFFUSERS_METADATA_KEY not in metadata and peft_config.is_file():
+        metadata[DIFFUSERS_METADATA_KEY] = peft_config.read_text()
     return tensors, metadata
 
 

@@ -1,0 +1,396 @@
+"""refiners-lora: LoRA layers, LoraManager (stacking, scales, fusing, saving, errors) and parity with
+diffusers + peft on tiny SD1.5 and SDXL UNets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from refiners_lora import Conv2dLora, LinearLora, LoraAdapter, LoraError, LoraManager, detect_format
+from refiners_lora.ldm_names import ldm_names
+from safetensors.torch import save_file
+from torch import nn
+
+import refiners_core as rc
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def toy_model() -> rc.Chain:
+    """A Chain with Linear and Conv2d leaves (strided, padded) to carry LoRAs."""
+    torch.manual_seed(0)
+    return rc.Chain(
+        rc.Linear(8, 32),
+        rc.Reshape(2, 4, 4),
+        rc.Chain(rc.Conv2d(2, 6, 3, padding=1), rc.SiLU(), rc.Conv2d(6, 4, 3, stride=2, padding=1)),
+        rc.Flatten(1),
+        rc.Linear(16, 5),
+    )
+
+
+def toy_lora(seed: int, rank: int = 2, alpha: float | None = 3.0) -> dict[str, torch.Tensor]:
+    """A kohya state dict for every layer of :func:`toy_model` (names use ``_`` for ``.``)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {
+        "Linear_1": ((rank, 8), (32, rank)),
+        "Chain_Conv2d_1": ((rank, 2, 3, 3), (6, rank, 1, 1)),
+        "Chain_Conv2d_2": ((rank, 6, 3, 3), (4, rank, 1, 1)),
+        "Linear_2": ((rank, 16), (5, rank)),
+    }
+    state: dict[str, torch.Tensor] = {}
+    for name, (down, up) in shapes.items():
+        state[f"lora_unet_{name}.lora_down.weight"] = 0.3 * torch.randn(*down, generator=generator)
+        state[f"lora_unet_{name}.lora_up.weight"] = 0.3 * torch.randn(*up, generator=generator)
+        if alpha is not None:
+            state[f"lora_unet_{name}.alpha"] = torch.tensor(alpha)
+    return state
+
+
+def manual_output(loras: list[tuple[dict[str, torch.Tensor], float]], x: torch.Tensor) -> torch.Tensor:
+    """The toy model's output with ``loras`` applied by hand: W + sum(scale * alpha / r * up @ down)."""
+    patched = toy_model()
+    for state, scale in loras:
+        for key in [key for key in state if key.endswith(".lora_down.weight")]:
+            prefix = key.removesuffix(".lora_down.weight")
+            layer = patched.layer(prefix.removeprefix("lora_unet_").replace("_Conv2d", ".Conv2d"))
+            down, up = state[key], state[f"{prefix}.lora_up.weight"]
+            rank = down.shape[0]
+            alpha = float(state[f"{prefix}.alpha"]) if f"{prefix}.alpha" in state else rank
+            delta = (up.flatten(1) @ down.flatten(1)).view_as(layer.weight)
+            with torch.no_grad():
+                layer.weight += scale * alpha / rank * delta
+    return patched(x)
+
+
+def snapshot(model: nn.Module) -> tuple[str, list[tuple[str, int]], dict[str, torch.Tensor]]:
+    """Structure, module identities and weights of ``model``, to check it is exactly unchanged."""
+    modules = [(name, id(module)) for name, module in model.named_modules()]
+    return repr(model), modules, {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def assert_same(model: nn.Module, before: tuple[str, list[tuple[str, int]], dict[str, torch.Tensor]]) -> None:
+    after = snapshot(model)
+    assert after[0] == before[0]
+    assert after[1] == before[1]
+    assert after[2].keys() == before[2].keys()
+    for key, value in before[2].items():
+        assert torch.equal(after[2][key], value), key
+
+
+# ---- plugin ----------------------------------------------------------------------------------------
+
+
+def test_plugin_declares_the_family_without_importing_torch() -> None:
+    code = (
+        "import sys, refiners_lora.plugin as p; f = p.refiners_adapter_families()[0]; "
+        "print(f.name, f.loader, ','.join(f.formats), ','.join(f.base_models), 'torch' in sys.modules)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.split() == [
+        "lora",
+        "refiners_lora.loader:load_lora",
+        "kohya,diffusers,peft,diffusers-old,refiners",
+        "sd15,sdxl",
+        "False",
+    ]
+
+
+def test_plugin_manager_finds_the_lora_family() -> None:
+    from refiners_core.plugins.manager import get_plugin_manager  # type: ignore[attr-defined]
+
+    families = [family for families in get_plugin_manager().hook.refiners_adapter_families() for family in families]
+    lora = next(family for family in families if family.name == "lora")
+    assert lora.load_loader().__name__ == "load_lora"
+
+
+# ---- layers ----------------------------------------------------------------------------------------
+
+
+def test_linear_lora_math() -> None:
+    target = rc.Linear(8, 4)
+    down, up = torch.randn(3, 8), torch.randn(4, 3)
+    lora = LinearLora.from_weights(target, down, up, alpha=6.0, scale=0.5)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(lora(x), 0.5 * 6.0 / 3 * (x @ down.T @ up.T))
+    assert lora.down.weight.dtype == target.weight.dtype and lora.down.weight.device == target.weight.device
+
+
+def test_conv2d_lora_uses_base_kernel_stride_padding() -> None:
+    target = rc.Conv2d(3, 5, 3, stride=2, padding=1, dilation=1)
+    down, up = torch.randn(2, 3, 3, 3), torch.randn(5, 2, 1, 1)
+    lora = Conv2dLora.from_weights(target, down, up, alpha=1.0)
+    x = torch.randn(1, 3, 9, 9)
+    expected = 0.5 * torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down, stride=2, padding=1), up)
+    torch.testing.assert_close(lora(x), expected)
+    assert lora.down.stride == (2, 2) and lora.down.padding == (1, 1) and lora.up.kernel_size == (1, 1)
+
+
+def test_lora_shapes_that_do_not_fit_raise() -> None:
+    with pytest.raises(LoraError, match="do not fit Linear"):
+        LinearLora.from_weights(rc.Linear(8, 4), torch.randn(3, 7), torch.randn(4, 3))
+    with pytest.raises(LoraError, match="do not fit Conv2d"):
+        Conv2dLora.from_weights(rc.Conv2d(3, 5, 3), torch.randn(2, 3, 1, 1), torch.randn(5, 2, 1, 1))
+
+
+def test_lora_adapter_on_a_wrapped_torch_layer_ejects_exactly() -> None:
+    torch_linear = nn.Linear(4, 4)
+    model = rc.Chain(torch_linear, rc.SiLU())
+    x = torch.randn(3, 4)
+    base = model(x)
+    adapter = LoraAdapter(torch_linear, first=LinearLora.for_target(torch_linear, rank=2)).inject()
+    torch.testing.assert_close(model(x), base)  # fresh LoRA: up is zero
+    adapter.eject()
+    assert model.Linear is torch_linear and list(model.state_dict()) == ["Linear.weight", "Linear.bias"]
+
+
+# ---- manager ---------------------------------------------------------------------------------------
+
+
+def test_two_loras_stack_with_independent_scales_and_remove_one() -> None:
+    model = toy_model()
+    x = torch.randn(3, 8)
+    base = model(x).detach()
+    before = snapshot(model)
+    first, second = toy_lora(1), toy_lora(2, rank=3, alpha=None)
+    manager = LoraManager(model)
+    manager.add("first", first, scale=0.7).add("second", second, scale=-0.4)
+    assert manager.names == ["first", "second"] and manager.scales == {"first": 0.7, "second": -0.4}
+    torch.testing.assert_close(model(x), manual_output([(first, 0.7), (second, -0.4)], x), atol=1e-5, rtol=1e-5)
+
+    manager.set_scale("second", 1.5)
+    torch.testing.assert_close(model(x), manual_output([(first, 0.7), (second, 1.5)], x), atol=1e-5, rtol=1e-5)
+
+    manager.remove("first")
+    assert manager.names == ["second"]
+    torch.testing.assert_close(model(x), manual_output([(second, 1.5)], x), atol=1e-5, rtol=1e-5)
+    manager.remove_all()
+    assert_same(model, before)
+    assert torch.equal(model(x), base)
+
+
+def test_scale_zero_gives_the_base_output_exactly() -> None:
+    model = toy_model()
+    x = torch.randn(3, 8)
+    base = model(x)
+    manager = LoraManager(model)
+    manager.add("a", toy_lora(1), scale=0.0)
+    assert torch.equal(model(x), base)
+    manager.set_scale("a", 1.0)
+    assert not torch.equal(model(x), base)
+    manager.set_scale("a", 0.0)
+    manager.fuse()
+    assert torch.equal(model(x), base)
+
+
+def test_fuse_unfuse_round_trip_and_changes_while_fused() -> None:
+    model = toy_model()
+    x = torch.randn(3, 8)
+    before = snapshot(model)
+    manager = LoraManager(model)
+    manager.add("a", toy_lora(1), scale=0.8).add("b", toy_lora(2), scale=0.3)
+    unfused = model(x)
+    manager.fuse()
+    assert manager.fused_names == ["a", "b"]
+    torch.testing.assert_close(model(x), unfused, atol=1e-5, rtol=1e-5)
+
+    manager.set_scale("a", -0.5)  # supported while fused: the base weights move by the difference
+    torch.testing.assert_close(model(x), manual_output([(toy_lora(1), -0.5), (toy_lora(2), 0.3)], x), atol=1e-5, rtol=0)
+    manager.add("c", toy_lora(3), scale=0.2)  # a new LoRA while others are fused runs unfused
+    manager.remove("b")  # removing a fused LoRA unfuses it first
+    expected = manual_output([(toy_lora(1), -0.5), (toy_lora(3), 0.2)], x)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+    manager.unfuse()
+    assert manager.fused_names == []
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    manager.remove_all()
+    structure, modules, weights = before
+    after = snapshot(model)
+    assert after[0] == structure and after[1] == modules
+    for key, value in weights.items():
+        torch.testing.assert_close(after[2][key], value, atol=1e-6, rtol=0)
+
+
+def test_fuse_only_selected_names() -> None:
+    model = toy_model()
+    x = torch.randn(3, 8)
+    manager = LoraManager(model)
+    manager.add("a", toy_lora(1)).add("b", toy_lora(2))
+    out = model(x)
+    manager.fuse(["b"])
+    assert manager.fused_names == ["b"]
+    torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+    with pytest.raises(LoraError, match="no LoRA named 'zzz'"):
+        manager.fuse(["zzz"])
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "kohya", "refiners"])
+def test_save_then_reload(tmp_path: Path, layout: str) -> None:
+    model = toy_model()
+    x = torch.randn(3, 8)
+    manager = LoraManager(model)
+    mixed = toy_lora(1)
+    mixed["lora_unet_Linear_2.alpha"] = torch.tensor(7.0)  # a per-module alpha
+    manager.add("a", mixed, scale=0.6)
+    expected = model(x)
+    path = manager.save("a", tmp_path / f"a_{layout}.safetensors", format=layout)
+    manager.remove("a")
+    manager.add("again", path, scale=0.6)
+    torch.testing.assert_close(model(x), expected, atol=1e-6, rtol=0)
+    from refiners_core.weights import read_metadata
+
+    keys = list(__import__("safetensors.torch", fromlist=["load_file"]).load_file(path))
+    assert detect_format(keys, read_metadata(path)) == layout
+    if layout == "diffusers":
+        config = json.loads(read_metadata(path)["lora_adapter_metadata"])
+        assert config["unet.lora_alpha"] == 3 and config["unet.alpha_pattern"] == {"Linear_2": 7}
+
+
+def test_errors_list_offending_keys_and_leave_the_model_unchanged() -> None:
+    model = toy_model()
+    manager = LoraManager(model)
+    manager.add("kept", toy_lora(5), scale=0.5)
+    x = torch.randn(3, 8)
+    out = model(x)
+    before = snapshot(model)
+
+    unmatched = {**toy_lora(1), "lora_unet_Nope_Linear.lora_down.weight": torch.randn(2, 8)}
+    unmatched["lora_unet_Nope_Linear.lora_up.weight"] = torch.randn(32, 2)
+    with pytest.raises(LoraError, match=r"matching no module.*lora_unet_Nope_Linear\.lora_down\.weight"):
+        manager.add("bad", unmatched)
+    assert_same(model, before)
+
+    misfit = toy_lora(1)
+    misfit["lora_unet_Linear_2.lora_down.weight"] = torch.randn(2, 17)
+    with pytest.raises(LoraError, match=r"do not fit.*lora_unet_Linear_2\.lora_down\.weight"):
+        manager.add("bad", misfit)
+    assert_same(model, before)
+
+    text = {**toy_lora(1), "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.randn(2, 4)}
+    text["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"] = torch.randn(4, 2)
+    with pytest.raises(LoraError, match=r"text_encoder.*skip_components.*lora_te_text_model"):
+        manager.add("bad", text)
+    assert_same(model, before)
+
+    incomplete = toy_lora(1)
+    del incomplete["lora_unet_Linear_1.lora_up.weight"]
+    with pytest.raises(LoraError, match=r"without their down/up pair.*lora_unet_Linear_1\.lora_down\.weight"):
+        manager.add("bad", incomplete)
+    assert_same(model, before)
+
+    with pytest.raises(LoraError, match="already loaded"):
+        manager.add("kept", toy_lora(1))
+    with pytest.raises(LoraError, match="not a LoRA file"):
+        manager.add("bad", {"foo.weight": torch.zeros(1)})
+    assert_same(model, before)
+    assert torch.equal(model(x), out)
+
+    manager.add("text_skipped", text, skip_components=("text_encoder",))  # deliberate skip
+    assert manager.names == ["kept", "text_skipped"]
+
+
+def test_fused_state_survives_failed_add() -> None:
+    model = toy_model()
+    manager = LoraManager(model)
+    manager.add("a", toy_lora(1))
+    manager.fuse()
+    before = snapshot(model)
+    with pytest.raises(LoraError):
+        manager.add("b", {"lora_unet_missing.lora_down.weight": torch.randn(2, 2)})
+    assert_same(model, before)
+
+
+def test_formats_are_detected_from_keys() -> None:
+    assert detect_format(["lora_unet_a_b.lora_down.weight"]) == "kohya"
+    assert detect_format(["lora_te1_a.lora_up.weight"]) == "kohya"
+    assert detect_format(["unet.a.b.lora_A.weight"]) == "diffusers"
+    assert detect_format(["unet.a.attn1.processor.to_q_lora.down.weight"]) == "diffusers-old"
+    assert detect_format(["unet.a.conv1.lora.down.weight"]) == "diffusers-old"
+    assert detect_format(["unet.a.conv1.down.weight", "unet.a.conv1.alpha"]) == "refiners"
+
+
+def test_old_diffusers_and_peft_layouts_load(tmp_path: Path) -> None:
+    attention = rc.Chain(to_q=rc.Linear(4, 4), to_out=rc.Chain(rc.Linear(4, 4)))
+    model = rc.Chain(attn=attention)
+    generator = torch.Generator().manual_seed(0)
+    down_q, down_o = torch.randn(2, 4, generator=generator), torch.randn(2, 4, generator=generator)
+    up_q, up_o = torch.randn(4, 2, generator=generator), torch.randn(4, 2, generator=generator)
+    old = {
+        "unet.attn.processor.to_q_lora.down.weight": down_q,
+        "unet.attn.processor.to_q_lora.up.weight": up_q,
+        "unet.attn.to_out.0.lora.down.weight": down_o,
+        "unet.attn.to_out.0.lora.up.weight": up_o,
+    }
+    peft = {
+        "base_model.model.attn.to_q.lora_A.weight": down_q,
+        "base_model.model.attn.to_q.lora_B.weight": up_q,
+        "base_model.model.attn.to_out.0.lora_A.weight": down_o,
+        "base_model.model.attn.to_out.0.lora_B.weight": up_o,
+    }
+    module_map = {"attn.to_q": attention.to_q, "attn.to_out.0": attention.to_out.Linear}
+    x = torch.randn(2, 4)
+    expected = attention.to_out(attention.to_q(x) + x @ down_q.T @ up_q.T)
+    expected = expected + (attention.to_q(x) + x @ down_q.T @ up_q.T) @ down_o.T @ up_o.T
+    for state in (old, peft):
+        manager = LoraManager(model, module_map=module_map)
+        manager.add("x", state)
+        torch.testing.assert_close(model(x), expected)
+        manager.remove_all()
+    # adapter_config.json next to a PEFT file gives the alpha
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    save_file(peft, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 8}))
+    manager = LoraManager(model, module_map=module_map)
+    manager.add("peft", folder)
+    assert {lora.alpha for lora in manager.layers_of("peft").values()} == {8.0}
+
+
+def test_loader_shares_one_manager_per_model(tmp_path: Path) -> None:
+    from refiners_lora.loader import load_lora
+
+    model = toy_model()
+    path = tmp_path / "style.safetensors"
+    save_file(toy_lora(1), path)
+    manager = load_lora(model, path, scale=0.5)
+    again = load_lora(model, path)
+    assert manager is again and manager.names == ["style", "style_2"]
+
+
+def test_ldm_names_of_a_two_level_unet() -> None:
+    names = [
+        "conv_in",
+        "down_blocks.0.resnets.0.conv1",
+        "down_blocks.0.resnets.1.conv2",
+        "down_blocks.0.downsamplers.0.conv",
+        "down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q",
+        "down_blocks.1.resnets.0.conv_shortcut",
+        "mid_block.resnets.1.time_emb_proj",
+        "mid_block.attentions.0.proj_in",
+        "up_blocks.0.resnets.2.conv1",
+        "up_blocks.0.upsamplers.0.conv",
+        "up_blocks.1.attentions.2.proj_out",
+        "up_blocks.1.resnets.0.conv1",
+        "conv_out",
+    ]
+    assert ldm_names(names) == {
+        "conv_in": "input_blocks.0.0",
+        "down_blocks.0.resnets.0.conv1": "input_blocks.1.0.in_layers.2",
+        "down_blocks.0.resnets.1.conv2": "input_blocks.2.0.out_layers.3",
+        "down_blocks.0.downsamplers.0.conv": "input_blocks.3.0.op",
+        "down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q": (
+            "input_blocks.5.1.transformer_blocks.0.attn1.to_q"
+        ),
+        "down_blocks.1.resnets.0.conv_shortcut": "input_blocks.4.0.skip_connection",
+        "mid_block.resnets.1.time_emb_proj": "middle_block.2.emb_layers.1",
+        "mid_block.attentions.0.proj_in": "middle_block.1.proj_in",
+        "up_blocks.0.resnets.2.conv1": "output_blocks.2.0.in_layers.2",
+        "up_blocks.0.upsamplers.0.conv": "output_blocks.2.1.conv",
+        "up_blocks.1.attentions.2.proj_out": "output_blocks.5.1.proj_out",
+        "up_blocks.1.resnets.0.conv1": "output_blocks.3.0.in_layers.2",
+        "conv_out": "out.2",
+    }
