@@ -1,0 +1,159 @@
+"""Reading and writing diffusers UNet weights (folders, fp16 variants, shards, single files)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from refiners_core import WeightsError
+from refiners_core.weights import load_tensors, save_state_dict
+
+from refiners_sd.unet.config import UNetConfig, read_config
+from refiners_sd.unet.mapping import diffusers_module_map
+from refiners_sd.unet.model import UNet
+
+__all__ = ["diffusers_state_dict", "find_weight_files", "load_diffusers_state_dict", "load_unet", "save_diffusers"]
+
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def _format(keys: list[str], limit: int = 30) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def find_weight_files(folder: Path, variant: str | None = None) -> list[Path]:
+    """The safetensors file(s) of a diffusers UNet folder: ``diffusion_pytorch_model[.variant].safetensors``,
+    or the shards listed by its ``.safetensors.index.json``. Without ``variant`` the plain file is
+    preferred, then the ``fp16`` variant."""
+    variants = [variant] if variant else [None, "fp16"]
+    for candidate in variants:
+        stem = WEIGHTS_NAME if candidate is None else f"{WEIGHTS_NAME}.{candidate}"
+        single = folder / f"{stem}.safetensors"
+        if single.is_file():
+            return [single]
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            return [folder / name for name in sorted(set(weight_map.values()))]
+    raise WeightsError(
+        f"no diffusers UNet weights in {folder}: expected {WEIGHTS_NAME}"
+        + (f".{variant}" if variant else "[.fp16]")
+        + ".safetensors (or a sharded .safetensors.index.json)"
+    )
+
+
+def load_diffusers_state_dict(unet: UNet, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a diffusers-named state dict into ``unet`` (built on any device, ``meta`` included).
+
+    Every key is accounted for: unexpected keys (no such diffusers module or parameter), missing
+    parameters and shape mismatches raise :class:`WeightsError` listing them; nothing is loaded then.
+    Tensors are assigned as they are (their device and dtype become the model's).
+    """
+    modules = diffusers_module_map(unet)
+    names = {id(module): name for name, module in unet.named_modules()}
+    ours: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    for key, tensor in state_dict.items():
+        module_name, _, parameter = key.rpartition(".")
+        module = modules.get(module_name)
+        current = None if module is None else module._parameters.get(parameter)
+        if current is None:
+            unexpected.append(key)
+            continue
+        if current.shape != tensor.shape:
+            mismatched.append(f"{key} (file {tuple(tensor.shape)}, model {tuple(current.shape)})")
+            continue
+        ours[f"{names[id(module)]}.{parameter}"] = tensor
+    expected = [
+        f"{name}.{parameter}"
+        for name, module in modules.items()
+        for parameter, value in module._parameters.items()
+        if value is not None
+    ]
+    missing = [key for key in expected if key not in state_dict]
+    mapped = {id(value) for module in modules.values() for value in module._parameters.values()}
+    missing += [name for name, value in unet.named_parameters() if id(value) not in mapped]  # not in the map
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_format(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_format(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_format(mismatched)}")
+    if problems:
+        raise WeightsError(f"cannot load diffusers weights into {type(unet).__name__}: " + "; ".join(problems))
+    unet.load_state_dict(ours, strict=True, assign=True)
+
+
+def diffusers_state_dict(unet: UNet) -> dict[str, torch.Tensor]:
+    """The weights of ``unet`` under diffusers names (``down_blocks.0.resnets.0.conv1.weight``...)."""
+    return {
+        f"{name}.{parameter}": value
+        for name, module in diffusers_module_map(unet).items()
+        for parameter, value in module._parameters.items()
+        if value is not None
+    }
+
+
+def _resolve_config(path: Path, config: str | Path | Mapping[str, Any] | None) -> UNetConfig:
+    if isinstance(config, UNetConfig):
+        return config
+    if isinstance(config, Mapping):
+        return UNetConfig.from_dict(config)
+    if config is not None:
+        return UNetConfig.from_file(config)
+    return UNetConfig.from_file(path if path.is_dir() else path.parent)
+
+
+def load_unet(
+    path: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    config: str | Path | Mapping[str, Any] | None = None,
+    variant: str | None = None,
+    unet_class: type[UNet] | None = None,
+) -> UNet:
+    """Load a diffusers UNet as :class:`SD1UNet` or :class:`SDXLUNet` (chosen from the config).
+
+    ``path``: a diffusers UNet folder, or a single safetensors file with diffusers keys (its config
+    given as ``config`` or found as ``config.json`` next to it). The model is built on the ``meta``
+    device and the file's tensors are assigned to it, read straight onto ``device`` (CPU by default)
+    and cast to ``dtype`` (the file's dtype when ``None``).
+    """
+    from refiners_sd.unet.sd1 import SD1UNet
+    from refiners_sd.unet.sdxl import SDXLUNet
+
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"UNet weights not found: {path}")
+    unet_config = _resolve_config(path, config)
+    if unet_class is None or unet_class is UNet:
+        unet_class = SDXLUNet if unet_config.topology == "sdxl" else SD1UNet
+    files = find_weight_files(path, variant) if path.is_dir() else [path]
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in files:
+        state_dict.update(load_tensors(file, device=device, dtype=dtype))
+    unet = unet_class(unet_config, device="meta")
+    load_diffusers_state_dict(unet, state_dict)
+    return unet
+
+
+def save_diffusers(unet: UNet, path: str | Path, variant: str | None = None) -> Path:
+    """Write ``unet`` as a diffusers UNet folder: ``config.json`` and ``diffusion_pytorch_model[.variant].safetensors``.
+
+    ``diffusers.UNet2DConditionModel.from_pretrained(path)`` reads it back. Returns the folder.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = unet.config.to_dict()
+    config.setdefault("_class_name", "UNet2DConditionModel")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    name = f"{WEIGHTS_NAME}.{variant}.safetensors" if variant else f"{WEIGHTS_NAME}.safetensors"
+    save_state_dict(diffusers_state_dict(unet), folder / name, metadata={"format": "pt"})
+    return folder
