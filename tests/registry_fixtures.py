@@ -1,6 +1,8 @@
 """Fixtures for the registry tests: a local Hub holding small real safetensors files, and a catalog for them.
 
-``hub_catalog`` serves two repositories on ``hub_server`` and writes a catalog (named in ``REFINERS_CATALOG``):
+``hub_catalog`` installs a family plugin ``refiners-testlora`` (family ``testlora``, alias ``testlora-alias``,
+through ``make_plugin_dist``), serves two repositories on ``hub_server`` and writes a catalog for them, named
+in ``REFINERS_CATALOG``:
 
 - ``test/lora-tiny`` (family ``testlora``): ``lora.safetensors`` in ``test-org/tiny-lora``;
 - ``test/big`` (family ``testlora``): ``weights/big.safetensors`` (a few MiB) in ``test-org/big``;
@@ -53,6 +55,44 @@ class HubCatalog:
         return entry
 
 
+TESTLORA_PLUGIN = """
+from refiners_core import AdapterFamily, hookimpl
+
+
+@hookimpl
+def refiners_adapter_families():
+    return [
+        AdapterFamily(
+            name="testlora",
+            description="a LoRA-like family for registry tests",
+            loader="refiners_testlora.impl:load",
+            base_models=("sd15",),
+            aliases=("testlora-alias",),
+        )
+    ]
+"""
+
+TESTLORA_IMPL = """
+import refiners_core as rc
+
+
+class TinyLora(rc.Sum, rc.Adapter[rc.Linear]):
+    def __init__(self, target, tensors, scale):
+        with self.setup_adapter(target):
+            down = rc.Linear(target.in_features, tensors["down.weight"].shape[0], bias=False)
+            up = rc.Linear(tensors["up.weight"].shape[1], target.out_features, bias=False)
+            down.weight.data.copy_(tensors["down.weight"])
+            up.weight.data.copy_(tensors["up.weight"])
+            super().__init__(target, rc.Chain(down, up, rc.Multiply(scale)))
+
+
+def load(model, weights, scale=1.0, **options):
+    tensors = weights if isinstance(weights, dict) else rc.load_tensors(weights)
+    target = next(m for m in model.modules() if isinstance(m, rc.Linear))
+    return TinyLora(target, tensors, scale).inject()
+"""
+
+
 def _tensors(seed: int, rows: int) -> dict[str, Any]:
     import torch
 
@@ -67,6 +107,8 @@ def _tensors(seed: int, rows: int) -> dict[str, Any]:
 @pytest.fixture
 def hub_catalog(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubCatalog:
     """Serve the test repositories and name their catalog in ``REFINERS_CATALOG``."""
+    make_plugin_dist = request.getfixturevalue("make_plugin_dist")  # before hub_env copies PYTHONPATH
+    make_plugin_dist("refiners-testlora", TESTLORA_PLUGIN, extra_modules={"refiners_testlora.impl": TESTLORA_IMPL})
     hub: HubServer = request.getfixturevalue("hub_server")
     env: dict[str, str] = request.getfixturevalue("hub_env")
     tiny = safetensors_bytes(_tensors(0, 8))

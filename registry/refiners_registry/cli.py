@@ -176,6 +176,9 @@ def pull(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Accept pickled files when the entry allows them too.")
     ] = False,
+    skip_plugin_check: Annotated[
+        bool, typer.Option("--skip-plugin-check", help="Download even if no installed plugin can use the entry.")
+    ] = False,
     offline: OfflineOption = False,
 ) -> None:
     """Download an entry's files and check their sha256; print the local path on the last line."""
@@ -183,7 +186,14 @@ def pull(
         registry = _registry(offline)
         registry.get(name)
         _err(f"pulling {name}")
-        path = registry.pull(name, revision=revision, local_dir=local_dir, force=force, allow_pickle=allow_pickle)
+        path = registry.pull(
+            name,
+            revision=revision,
+            local_dir=local_dir,
+            force=force,
+            allow_pickle=allow_pickle,
+            check_plugin=not skip_plugin_check,
+        )
         _err("verifying sha256: ok")
     sys.stdout.write(f"{path}\n")
 

@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import Requirement
-
-from refiners_registry.catalog import CatalogEntry, is_pickle_path
-from refiners_registry.errors import MissingPluginError, PickleNotAllowedError, RegistryError
+from refiners_registry.catalog import is_pickle_path
+from refiners_registry.errors import PickleNotAllowedError, RegistryError
 from refiners_registry.registry import Registry
+from refiners_registry.requirements import ensure_plugin, find_family
 
-__all__ = ["check_requirement", "find_family", "load_adapter"]
-
-
-def check_requirement(entry: CatalogEntry) -> None:
-    """Raise :class:`MissingPluginError` unless the distribution named by ``entry.requires`` is installed and fits."""
-    if entry.requires is None:
-        return
-    requirement = Requirement(entry.requires)
-    if requirement.marker is not None and not requirement.marker.evaluate():
-        return
-    try:
-        installed = metadata.version(requirement.name)
-    except metadata.PackageNotFoundError:
-        raise MissingPluginError(f"{entry.name} needs {requirement}: pip install '{requirement}'") from None
-    if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
-        raise MissingPluginError(f"{entry.name} needs {requirement}, but {requirement.name} {installed} is installed")
-
-
-def find_family(family: str) -> Any:
-    """The installed :class:`~refiners_core.AdapterFamily` called ``family`` (aliases included)."""
-    from refiners_core.plugins import adapter_families
-
-    families = adapter_families()
-    found = families.get(family)
-    if found is None:
-        known = ", ".join(sorted(families)) or "none"
-        raise MissingPluginError(f"no installed plugin provides the adapter family {family!r} (installed: {known})")
-    return found
+__all__ = ["load_adapter"]
 
 
 def load_adapter(
@@ -76,8 +47,7 @@ def load_adapter(
         if family is not None and find_family(family).name != find_family(entry.family).name:
             raise RegistryError(f"{entry.name} is a {entry.family!r} entry, not {family!r}")
         family = entry.family
-        check_requirement(entry)
-        find_family(family)  # fail before downloading when no plugin can use the file
-        weights = registry.pull(entry.name, allow_pickle=allow_pickle)
+        ensure_plugin(entry)  # fail before downloading when no plugin can use the file
+        weights = registry.pull(entry.name, allow_pickle=allow_pickle, check_plugin=False)
     loader = find_family(family).load_loader()
     return loader(model, weights, **options)

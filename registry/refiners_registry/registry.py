@@ -20,6 +20,7 @@ from refiners_registry.download import (
     sha256_file,
 )
 from refiners_registry.errors import CatalogError, PickleNotAllowedError, RegistryError, UnknownEntryError
+from refiners_registry.requirements import ensure_plugin
 from refiners_registry.sources import collect_sources
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ class Registry:
         local_dir: Path | str | None = None,
         force: bool = False,
         allow_pickle: bool = False,
+        check_plugin: bool = True,
     ) -> Path:
         """Download the entry's files (or take them from the cache), check their sha256, return the local path.
 
@@ -156,11 +158,15 @@ class Registry:
             local_dir: copy the files into this folder instead of handing out cache paths.
             force: download again even if cached.
             allow_pickle: the user's opt-in for pickled files (the entry must opt in too).
+            check_plugin: refuse entries that no installed plugin can use (family, base model, ``requires``).
 
         Raises:
-            UnknownEntryError, PickleNotAllowedError, NotCachedError, NetworkError, HashMismatchError.
+            UnknownEntryError, MissingPluginError, PickleNotAllowedError, NotCachedError, NetworkError,
+            HashMismatchError.
         """
         entry = self.get(name)
+        if check_plugin:
+            ensure_plugin(entry)
         paths = self._fetch_all(entry, revision, local_dir, force, allow_pickle)
         if len(paths) == 1:
             return paths[0]
@@ -225,12 +231,15 @@ class Registry:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         allow_pickle: bool = False,
+        check_plugin: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Pull the entry and read its tensors straight onto ``device``, cast to ``dtype`` when given.
 
         Several weight files are merged into one dict; a key present twice is an error.
         """
         entry = self.get(name)
+        if check_plugin:
+            ensure_plugin(entry)
         paths = self._fetch_all(entry, allow_pickle=allow_pickle)
         tensors: dict[str, Any] = {}
         for file, local in zip(entry.source.files, paths, strict=True):
