@@ -1,6 +1,13 @@
 """Pytest fixtures for tests that download from a local Hub (see ``tests/hub_server.py``).
 
-Import them in a test module (``from hub_fixtures import hub_env, hub_server  # noqa: F401``):
+Expose them in a test module as module attributes (pytest finds fixtures there; plain assignments keep ruff's
+F811 quiet when tests take them as parameters)::
+
+    import hub_fixtures
+
+    hub_server = hub_fixtures.hub_server
+    hub_env = hub_fixtures.hub_env
+
 
 - ``hub_server``: a started :class:`hub_server.HubServer`, stopped after the test.
 - ``hub_env``: a copy of ``os.environ`` for subprocesses (CLI tests) pointing huggingface_hub at the server:

@@ -147,24 +147,22 @@ def info(name: Annotated[str, typer.Argument(help="Catalog name.")], as_json: Js
         if as_json:
             _print_json(entry.to_dict())
             return
-        from rich.console import Console
-
-        console = Console(highlight=False)
-        console.print(f"[bold]{entry.name}[/bold]  {entry.description}", markup=True)
+        # plain writes: long paths must stay on one line whatever the terminal width
+        lines = [f"{entry.name}  {entry.description}"]
         rows = [
             ("family", entry.family),
             ("base model", entry.base_model),
             ("license", entry.license),
-            ("tags", ", ".join(entry.tags)),
+            ("tags", ", ".join(entry.tags) or "-"),
             ("requires", entry.requires or "-"),
             ("repository", entry.source.repo_id),
             ("revision", entry.source.revision),
             ("catalog", entry.origin),
         ]
-        for key, value in rows:
-            console.print(f"  {key:<11}{value}", markup=False)
+        lines += [f"  {key:<11}{value}" for key, value in rows]
         for file, local in registry.local_paths(name).items():
-            console.print(f"  file       {file}  ({'cached: ' + str(local) if local else 'not cached'})", markup=False)
+            lines.append(f"  file       {file}  ({'cached: ' + str(local) if local else 'not cached'})")
+        sys.stdout.write("\n".join(lines) + "\n")
 
 
 @adapters_app.command()
@@ -186,6 +184,7 @@ def pull(
         registry = _registry(offline)
         registry.get(name)
         _err(f"pulling {name}")
+        registry.report = _err
         path = registry.pull(
             name,
             revision=revision,
@@ -194,7 +193,7 @@ def pull(
             allow_pickle=allow_pickle,
             check_plugin=not skip_plugin_check,
         )
-        _err("verifying sha256: ok")
+        _err("sha256 ok")
     sys.stdout.write(f"{path}\n")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -148,6 +149,7 @@ def fetch_file(
     force: bool = False,
     offline: bool = False,
     endpoint: str | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Download one file (or take it from the cache), check its sha256 and return its local path.
 
@@ -155,6 +157,8 @@ def fetch_file(
         NotCachedError: offline and the file is not cached.
         NetworkError: the Hub could not be reached, answered with an error, or cut the transfer.
         HashMismatchError: the file does not match the catalog (it has been deleted).
+
+    ``report`` receives progress messages (the CLI prints them on stderr).
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -200,6 +204,8 @@ def fetch_file(
             f"{name}: download of {where} failed: {_first_line(str(error)) or type(error).__name__}"
         ) from error
     result = Path(str(downloaded))
+    if report is not None:
+        report(f"verifying sha256 of {file.path}")
     check_file(name, file, result, local_dir)
     return result
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,9 @@ class Registry:
         offline: use only the cache (default: ``HF_HUB_OFFLINE``).
         endpoint: Hub URL (default: ``HF_ENDPOINT``, read by huggingface_hub).
         warn: emit a :class:`CatalogWarning` for each catalog issue.
+
+    Attributes:
+        report: called with progress messages during ``pull`` (e.g. ``"verifying sha256 of ..."``); None: silent.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Registry:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.offline = _offline_from_env() if offline is None else offline
         self.endpoint = endpoint
+        self.report: Callable[[str], None] | None = None
         if warn:
             for issue in self.issues:
                 warnings.warn(str(issue), CatalogWarning, stacklevel=2)
@@ -200,6 +204,7 @@ class Registry:
                 force=force,
                 offline=self.offline,
                 endpoint=self.endpoint,
+                report=self.report,
             )
             for file in entry.source.files
         ]
