@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -394,3 +395,250 @@ def test_ldm_names_of_a_two_level_unet() -> None:
         "up_blocks.1.resnets.0.conv1": "output_blocks.3.0.in_layers.2",
         "conv_out": "out.2",
     }
+
+
+# ---- parity with diffusers + peft on tiny SD1.5 / SDXL UNets ----------------------------------------
+
+LORA_TARGETS = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+    "conv",
+    "conv_in",
+    "conv_out",
+]
+RANK, ALPHA = 4, 8
+
+
+class DiffusersHost:
+    """The smallest object diffusers' StableDiffusionXL LoRA loader mixin needs: a UNet, no text encoders."""
+
+    def __init__(self, unet: Any) -> None:
+        self.unet = unet
+        self.text_encoder = None
+        self.text_encoder_2 = None
+        self.hf_device_map = None
+
+
+class ParityCase:
+    """A tiny diffusers UNet with a random peft LoRA, the LoRA written in several formats, and our UNet."""
+
+    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+        import refiners_sd
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+        from peft import LoraConfig
+        from peft.utils import get_peft_model_state_dict
+        from sd_fixtures import make_tiny_unet, run_diffusers
+
+        self.config = config
+        self.directory = directory
+        tiny = make_tiny_unet(directory, config, batch=1)
+        self.inputs = tiny.inputs
+        self.unet_path = tiny.path
+        model = tiny.model
+        self.base = run_diffusers(model, self.inputs)
+        lora_config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=LORA_TARGETS, init_lora_weights=False)
+        model.add_adapter(lora_config)
+        generator = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if ".lora_A." in name or ".lora_B." in name:
+                    parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+        self.expected = run_diffusers(model, self.inputs)  # peft applies lora_alpha / r
+        peft_state = get_peft_model_state_dict(model)
+        assert any(key.startswith("conv_in.") for key in peft_state)
+        self.modules = sorted({key.split(".lora_")[0] for key in peft_state})
+
+        files = directory / "files"
+        host = StableDiffusionPipeline
+        host.save_lora_weights(
+            files / "meta",
+            unet_lora_layers=peft_state,
+            unet_lora_adapter_metadata=model.peft_config["default"].to_dict(),
+        )
+        self.with_metadata = files / "meta" / "pytorch_lora_weights.safetensors"
+        host.save_lora_weights(files / "plain", unet_lora_layers=peft_state)
+        self.without_metadata = files / "plain" / "pytorch_lora_weights.safetensors"
+        # the same LoRA without metadata and alpha / r folded into B: what PEFT computes, read with alpha = r
+        baked = {key: value * (ALPHA / RANK if ".lora_B." in key else 1.0) for key, value in peft_state.items()}
+        host.save_lora_weights(files / "baked", unet_lora_layers=baked)
+        self.baked = files / "baked" / "pytorch_lora_weights.safetensors"
+
+        # kohya, by diffusers' own converter; it writes alpha = rank, so the true alpha is put back
+        kohya = convert_state_dict_to_kohya({f"unet.{key}": value for key, value in peft_state.items()})
+        kohya = {key: torch.tensor(float(ALPHA)) if key.endswith(".alpha") else value for key, value in kohya.items()}
+        assert all(key.startswith("lora_unet_") for key in kohya)
+        self.kohya = files / "kohya.safetensors"
+        save_file(kohya, self.kohya)
+        # kohya with LDM block names, as SDXL trainers write them
+        ldm = ldm_names(self.modules)
+        assert set(ldm) == set(self.modules)
+        kohya_ldm = {}
+        for key, value in kohya.items():
+            stem, _, part = key.partition(".")
+            module = next(m for m in self.modules if f"lora_unet_{m.replace('.', '_')}" == stem)
+            kohya_ldm[f"lora_unet_{ldm[module].replace('.', '_')}.{part}"] = value
+        self.kohya_ldm = files / "kohya_ldm.safetensors"
+        save_file(kohya_ldm, self.kohya_ldm)
+
+        self.unet = refiners_sd.load_unet(self.unet_path)
+
+    def diffusers_output(self, path: Path, unet_config: bool = False) -> torch.Tensor:
+        """Output of a fresh diffusers UNet with the LoRA file ``path`` loaded by diffusers itself."""
+        from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+        from sd_fixtures import run_diffusers
+
+        model = UNet2DConditionModel.from_pretrained(self.unet_path).eval()
+        state, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+            str(path), unet_config=model.config if unet_config else None, return_lora_metadata=True
+        )
+        StableDiffusionXLPipeline.load_lora_into_unet(state, alphas, model, metadata=metadata)
+        return run_diffusers(model, self.inputs)
+
+    def ours(self) -> torch.Tensor:
+        from sd_fixtures import run_refiners
+
+        return run_refiners(self.unet, self.inputs)
+
+
+def _parity_case(tmp_path_factory: pytest.TempPathFactory, name: str) -> ParityCase:
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    pytest.importorskip("refiners_sd")
+    from sd_fixtures import TINY_SD15, TINY_SDXL
+
+    config = {"sd15": TINY_SD15, "sdxl": TINY_SDXL}[name]
+    return ParityCase(tmp_path_factory.mktemp(name), config)
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ParityCase:
+    return _parity_case(tmp_path_factory, request.param)
+
+
+ATOL = 1e-4
+
+
+def test_parity_base_model(parity: ParityCase) -> None:
+    torch.testing.assert_close(parity.ours(), parity.base, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("source", ["with_metadata", "baked", "kohya", "kohya_ldm"])
+def test_parity_with_peft(parity: ParityCase, source: str) -> None:
+    manager = LoraManager(parity.unet)
+    try:
+        manager.add("lora", getattr(parity, source))
+        assert len(manager.layers_of("lora")) == len(parity.modules)
+        torch.testing.assert_close(parity.ours(), parity.expected, atol=ATOL, rtol=0)
+        manager.fuse()
+        torch.testing.assert_close(parity.ours(), parity.expected, atol=ATOL, rtol=0)
+        manager.unfuse()
+    finally:
+        manager.remove_all()
+    torch.testing.assert_close(parity.ours(), parity.base, atol=ATOL, rtol=0)
+
+
+def test_parity_kohya_ldm_file_is_read_the_same_by_diffusers(parity: ParityCase) -> None:
+    # diffusers maps SD1.5 upsamplers of attention-free up blocks to attentions (and drops them with a
+    # warning); kohya LDM names are an SDXL convention, so the file is checked against diffusers there.
+    if parity.config.get("addition_embed_type") != "text_time":
+        pytest.skip("diffusers' LDM remapping is only right for SDXL layouts")
+    torch.testing.assert_close(
+        parity.diffusers_output(parity.kohya_ldm, unet_config=True), parity.expected, atol=ATOL, rtol=0
+    )
+
+
+def test_parity_diffusers_file_without_metadata(parity: ParityCase) -> None:
+    # no alpha anywhere in the file: both diffusers and we read alpha = rank
+    expected = parity.diffusers_output(parity.without_metadata)
+    manager = LoraManager(parity.unet)
+    try:
+        manager.add("plain", parity.without_metadata)
+        assert {lora.alpha for lora in manager.layers_of("plain").values()} == {float(RANK)}
+        torch.testing.assert_close(parity.ours(), expected, atol=ATOL, rtol=0)
+    finally:
+        manager.remove_all()
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "kohya"])
+def test_parity_saved_files_load_in_diffusers(parity: ParityCase, layout: str, tmp_path: Path) -> None:
+    manager = LoraManager(parity.unet)
+    try:
+        manager.add("lora", parity.kohya)
+        path = manager.save("lora", tmp_path / f"saved_{layout}.safetensors", format=layout)
+    finally:
+        manager.remove_all()
+    torch.testing.assert_close(parity.diffusers_output(path), parity.expected, atol=ATOL, rtol=0)
+
+
+def test_parity_two_loras_scales_and_remove(parity: ParityCase) -> None:
+    manager = LoraManager(parity.unet)
+    try:
+        manager.add("a", parity.kohya, scale=0.5)
+        manager.add("b", parity.with_metadata, scale=0.25)
+        both = parity.ours()
+        delta = parity.expected - parity.base
+        # LoRA is linear in the residual only per layer; check against a single LoRA at the summed scale
+        manager.remove("b")
+        manager.set_scale("a", 0.75)
+        torch.testing.assert_close(both, parity.ours(), atol=ATOL, rtol=0)
+        manager.set_scale("a", 0.0)
+        assert torch.equal(parity.ours(), parity.base) or torch.allclose(parity.ours(), parity.base, atol=ATOL)
+        assert delta.abs().max() > 1e-2  # the LoRA does change the output
+    finally:
+        manager.remove_all()
+
+
+def test_parity_errors_leave_the_unet_unchanged(parity: ParityCase) -> None:
+    from safetensors.torch import load_file
+
+    unet = parity.unet
+    before = snapshot(unet)
+    manager = LoraManager(unet)
+    kohya = load_file(parity.kohya)
+    text = {**kohya, "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 32)}
+    text["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = torch.zeros(32, 4)
+    with pytest.raises(LoraError, match="lora_te1_text_model_encoder_layers_0_self_attn_q_proj"):
+        manager.add("x", text)
+    assert_same(unet, before)
+    unknown = {**kohya, "lora_unet_down_blocks_9_resnets_0_conv1.lora_down.weight": torch.zeros(4, 4, 3, 3)}
+    unknown["lora_unet_down_blocks_9_resnets_0_conv1.lora_up.weight"] = torch.zeros(4, 4, 1, 1)
+    with pytest.raises(LoraError, match="matching no module.*down_blocks_9"):
+        manager.add("x", unknown)
+    assert_same(unet, before)
+    wrong = dict(kohya)
+    key = next(key for key in wrong if "conv1.lora_down" in key)
+    wrong[key] = torch.zeros(wrong[key].shape[0], wrong[key].shape[1], 1, 1)
+    with pytest.raises(LoraError, match=f"do not fit.*{key}"):
+        manager.add("x", wrong)
+    assert_same(unet, before)
+    manager.add("x", text, skip_components=["text_encoder"])
+    manager.remove_all()
+    assert_same(unet, before)
+
+
+def test_ldm_names_agree_with_refiners_sd(parity: ParityCase) -> None:
+    import refiners_sd
+
+    for diffusers_name, ldm_name in ldm_names(parity.modules).items():
+        assert refiners_sd.ldm_to_diffusers_name(ldm_name, parity.unet.config) == diffusers_name
+
+
+def test_registry_load_adapter_uses_the_lora_family(parity: ParityCase) -> None:
+    registry = pytest.importorskip("refiners_registry")
+    manager = registry.load_adapter(parity.unet, parity.kohya, family="lora", scale=1.0)
+    try:
+        assert isinstance(manager, LoraManager) and manager.names == ["kohya"]
+        torch.testing.assert_close(parity.ours(), parity.expected, atol=ATOL, rtol=0)
+    finally:
+        manager.remove_all()
