@@ -7,6 +7,7 @@ full-size UNet builds on the ``meta`` device in a fraction of a second.
 from __future__ import annotations
 
 import torch
+
 from refiners_core import (
     GLU,
     Attention,
@@ -33,7 +34,6 @@ from refiners_core import (
     Unsqueeze,
     UseContext,
 )
-
 from refiners_sd.unet.layers import (
     ResidualAccumulator,
     SinusoidalEmbedding,
@@ -297,7 +297,9 @@ class CrossAttentionBlock2d(Residual):
 class InputConv(Chain):
     """The input convolution (diffusers ``conv_in``) and the first skip connection, ``residuals[0]``."""
 
-    def __init__(self, in_channels: int, channels: int, device: Device = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, device: Device = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__(
             Conv2d(in_channels, channels, 3, padding=1, device=device, dtype=dtype),
             ResidualAccumulator(0),
@@ -369,4 +371,3 @@ class OutputBlock(Chain):
             SiLU(),
             Conv2d(channels, out_channels, 3, padding=1, device=device, dtype=dtype),
         )
-

@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import torch
+
 from refiners_core import Concatenate, Identity, Residual, SetContext, UseContext
 from refiners_core.context import provider_of
 from refiners_core.module import Module
@@ -57,7 +58,9 @@ class SinusoidalEmbedding(Module):
             -math.log(self.max_period) / (half - self.freq_shift)
         )
         angles = values.float()[..., None] * torch.exp(exponent)
-        halves = (torch.cos(angles), torch.sin(angles)) if self.flip_sin_to_cos else (torch.sin(angles), torch.cos(angles))
+        halves = (
+            (torch.cos(angles), torch.sin(angles)) if self.flip_sin_to_cos else (torch.sin(angles), torch.cos(angles))
+        )
         embedding = torch.cat(halves, dim=-1)
         if self.dim % 2:
             embedding = torch.nn.functional.pad(embedding, (0, 1))

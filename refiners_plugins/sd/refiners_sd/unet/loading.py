@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from refiners_core import WeightsError
 from refiners_core.weights import load_tensors, save_state_dict
-
-from refiners_sd.unet.config import UNetConfig, read_config
+from refiners_sd.unet.config import UNetConfig
 from refiners_sd.unet.mapping import diffusers_module_map
 from refiners_sd.unet.model import UNet
 

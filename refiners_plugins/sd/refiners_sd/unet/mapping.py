@@ -142,7 +142,6 @@ def diffusers_module_map(unet: UNet, leaves_only: bool = True) -> dict[str, nn.M
     Injected adapters are looked through (their targets are returned).
     """
     from refiners_core import Sum
-
     from refiners_sd.unet.blocks import (
         DownBlock,
         DownBlocks,
@@ -237,7 +236,10 @@ def _block_table(config: UNetConfig) -> tuple[tuple[str, str, bool], ...]:
         ("time_embed.2", "time_embedding.linear_2", False),
     ]
     if config.addition_embed_type == "text_time":
-        table += [("label_emb.0.0", "add_embedding.linear_1", False), ("label_emb.0.2", "add_embedding.linear_2", False)]
+        table += [
+            ("label_emb.0.0", "add_embedding.linear_1", False),
+            ("label_emb.0.2", "add_embedding.linear_2", False),
+        ]
     table.append(("input_blocks.0.0", "conv_in", False))
     position = 1
     last = config.num_blocks - 1

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from refiners_core import Chain, Contexts, Sum
 from refiners_core.adapter import Adapter
-
 from refiners_sd.unet.blocks import (
     CROSS_ATTENTION_CONTEXT,
     DIFFUSION_CONTEXT,
@@ -63,7 +63,9 @@ def _build_layers(config: UNetConfig, device: Device, dtype: torch.dtype | None)
     groups, eps, time_dim = config.norm_num_groups, config.norm_eps, config.time_embedding_dim
     for value in channels:
         if value % groups:
-            raise UnsupportedConfigError(f"block_out_channels {channels} are not all divisible by norm_num_groups={groups}")
+            raise UnsupportedConfigError(
+                f"block_out_channels {channels} are not all divisible by norm_num_groups={groups}"
+            )
     num_residuals = count_residuals(config)
     timestep: Chain = TimestepEmbedding(
         channels[0], time_dim, config.flip_sin_to_cos, config.freq_shift, device=device, dtype=dtype
@@ -122,7 +124,9 @@ def _build_layers(config: UNetConfig, device: Device, dtype: torch.dtype | None)
     assert middle_index == num_residuals - 1
 
     last = config.num_blocks - 1
-    middle = MiddleBlock(resnet(channels[-1], channels[-1]), attention(last, channels[-1]), resnet(channels[-1], channels[-1]))
+    middle = MiddleBlock(
+        resnet(channels[-1], channels[-1]), attention(last, channels[-1]), resnet(channels[-1], channels[-1])
+    )
 
     # up path: reads the skips back in reverse order
     up_blocks: list[Chain] = []
