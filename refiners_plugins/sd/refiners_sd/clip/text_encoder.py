@@ -38,6 +38,7 @@ __all__ = [
     "EOSPooling",
     "Pooling",
     "PositionalEmbedding",
+    "TextProjection",
     "TokenEmbedding",
     "TokenEncoder",
 ]

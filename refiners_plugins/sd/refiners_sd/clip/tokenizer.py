@@ -1,0 +1,64 @@
+"""CLIP tokenization to fixed-length id tensors, through transformers' ``CLIPTokenizer``.
+
+transformers is imported on first use only, so the encoders work without it when given token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CLIPTokenizer"]
+
+DEFAULT_MAX_LENGTH = 77
+# transformers puts a huge sentinel in model_max_length when the files do not set it.
+_UNSET_MAX_LENGTH = 1_000_000
+
+
+class CLIPTokenizer:
+    """Text -> ``LongTensor [B, max_length]``: ``<start> tokens <end> pad...``, truncated so that ``<end>`` stays.
+
+    The padding token comes from the tokenizer files: ``<|endoftext|>`` for Stable Diffusion's tokenizer,
+    ``!`` for SDXL's second tokenizer.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        model_max = int(getattr(tokenizer, "model_max_length", _UNSET_MAX_LENGTH))
+        self.max_length = max_length or (model_max if model_max < _UNSET_MAX_LENGTH else DEFAULT_MAX_LENGTH)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, max_length: int | None = None) -> CLIPTokenizer:
+        """Load a tokenizer folder (``vocab.json`` + ``merges.txt``, optionally its config and special tokens)."""
+        from transformers import CLIPTokenizer as TransformersCLIPTokenizer
+
+        return cls(TransformersCLIPTokenizer.from_pretrained(str(folder)), max_length=max_length)
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id of the padding token."""
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def bos_token_id(self) -> int:
+        """Id of ``<|startoftext|>``."""
+        return int(self.tokenizer.bos_token_id)
+
+    @property
+    def eos_token_id(self) -> int:
+        """Id of ``<|endoftext|>``."""
+        return int(self.tokenizer.eos_token_id)
+
+    def __call__(self, text: str | Sequence[str]) -> torch.Tensor:
+        """Token ids of ``text`` (one string or a batch), shape ``[B, max_length]``, dtype int64."""
+        batch = [text] if isinstance(text, str) else list(text)
+        encoded = self.tokenizer(
+            batch, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        return encoded["input_ids"].to(torch.int64)
+
+    def __repr__(self) -> str:
+        return f"CLIPTokenizer(max_length={self.max_length}, pad_token={self.tokenizer.pad_token!r})"
