@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import refiners_sd
 import torch
-from refiners_core import Adapter, Chain, Linear, WeightsError
-from refiners_core.module import Module
+from refiners_sd import SD1UNet, SDXLUNet, UnsupportedConfigError
+from refiners_sd.unet.blocks import CrossAttention
+from refiners_sd.unet.layers import ResidualAccumulator
 from safetensors.torch import load_file, save_file
 from sd_fixtures import (
     TINY_SD15,
@@ -24,10 +26,8 @@ from sd_fixtures import (
     run_refiners,
 )
 
-import refiners_sd
-from refiners_sd import SD1UNet, SDXLUNet, UnsupportedConfigError
-from refiners_sd.unet.blocks import CrossAttention
-from refiners_sd.unet.layers import ResidualAccumulator
+from refiners_core import Adapter, Chain, Linear, WeightsError
+from refiners_core.module import Module
 
 TOLERANCE = 1e-4
 
@@ -181,6 +181,15 @@ def test_module_map_matches_diffusers_state_dict(topology: str) -> None:
     assert isinstance(containers["down_blocks.1.attentions.0.transformer_blocks.0.attn2"], CrossAttention)
 
 
+@pytest.mark.parametrize("config", [TINY_SD15_3BLOCKS, TINY_SDXL_3BLOCKS], ids=["sd15", "sdxl"])
+def test_attention_processor_order_matches_diffusers(config: dict[str, Any]) -> None:
+    from diffusers import UNet2DConditionModel
+
+    expected = [name.removesuffix(".processor") for name in UNet2DConditionModel(**config).attn_processors]
+    unet = (SDXLUNet if config.get("addition_embed_type") else SD1UNet)(config)
+    assert refiners_sd.attention_processor_names(unet) == expected
+
+
 def test_module_map_looks_through_adapters() -> None:
     class Wrap(Chain, Adapter[Any]):
         def __init__(self, target: Any) -> None:
@@ -195,6 +204,10 @@ def test_module_map_looks_through_adapters() -> None:
     assert refiners_sd.diffusers_module_map(unet, leaves_only=False) == before
 
 
+BLOCK0 = "transformer_blocks.0"
+BLOCK9 = "transformer_blocks.9.attn2"
+
+
 @pytest.mark.parametrize(
     ("ldm", "diffusers", "topology"),
     [
@@ -206,12 +219,12 @@ def test_module_map_looks_through_adapters() -> None:
         ("output_blocks.2.1.conv", "up_blocks.0.upsamplers.0.conv", "sd15"),
         ("output_blocks.5.2.conv", "up_blocks.1.upsamplers.0.conv", "sd15"),
         ("output_blocks.11.1.proj_out", "up_blocks.3.attentions.2.proj_out", "sd15"),
-        ("middle_block.1.transformer_blocks.0.ff.net.0.proj", "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", "sd15"),
+        ("middle_block.1." + BLOCK0 + ".ff.net.0.proj", "mid_block.attentions.0." + BLOCK0 + ".ff.net.0.proj", "sd15"),
         ("middle_block.2.emb_layers.1.bias", "mid_block.resnets.1.time_emb_proj.bias", "sd15"),
         ("time_embed.2", "time_embedding.linear_2", "sd15"),
         ("out.0", "conv_norm_out", "sd15"),
-        ("input_blocks.4.1.transformer_blocks.0.attn1.to_q", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "sdxl"),
-        ("input_blocks.8.1.transformer_blocks.9.attn2.to_out.0", "down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_out.0", "sdxl"),
+        ("input_blocks.4.1." + BLOCK0 + ".attn1.to_q", "down_blocks.1.attentions.0." + BLOCK0 + ".attn1.to_q", "sdxl"),
+        ("input_blocks.8.1." + BLOCK9 + ".to_out.0", "down_blocks.2.attentions.1." + BLOCK9 + ".to_out.0", "sdxl"),
         ("input_blocks.6.0.op", "down_blocks.1.downsamplers.0.conv", "sdxl"),
         ("output_blocks.2.2.conv", "up_blocks.0.upsamplers.0.conv", "sdxl"),
         ("output_blocks.8.0.skip_connection", "up_blocks.2.resnets.2.conv_shortcut", "sdxl"),
@@ -297,6 +310,16 @@ def test_save_diffusers_round_trip(tmp_path: Path) -> None:
     assert actual.keys() == expected.keys()
     assert all(torch.equal(actual[key], expected[key]) for key in expected)
     assert max_diff(run_refiners(SD1UNet.from_diffusers(out), inputs), run_diffusers(model, inputs)) < TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(tmp_path: Path, dtype: torch.dtype) -> None:
+    _, path, inputs = make_tiny_unet(tmp_path, TINY_SDXL)
+    unet = refiners_sd.load_unet(path, dtype=dtype)
+    expected = run_refiners(refiners_sd.load_unet(path), inputs)
+    actual = run_refiners(unet, {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()})
+    assert actual.dtype == dtype
+    assert max_diff(actual.float(), expected) < 0.1 * expected.abs().max().item()
 
 
 # ---- meta device ----------------------------------------------------------------------------------------

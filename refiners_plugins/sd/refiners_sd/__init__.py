@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "diffusers_state_dict": "refiners_sd.unet.loading",
     "load_diffusers_state_dict": "refiners_sd.unet.loading",
     "diffusers_module_map": "refiners_sd.unet.mapping",
+    "attention_processor_names": "refiners_sd.unet.mapping",
     "ldm_module_map": "refiners_sd.unet.mapping",
     "ldm_to_diffusers_name": "refiners_sd.unet.mapping",
     "diffusers_to_ldm_name": "refiners_sd.unet.mapping",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from refiners_sd.unet.config import UNetConfig, UnsupportedConfigError
     from refiners_sd.unet.loading import diffusers_state_dict, load_diffusers_state_dict, load_unet
     from refiners_sd.unet.mapping import (
+        attention_processor_names,
         diffusers_module_map,
         diffusers_to_ldm_name,
         ldm_module_map,

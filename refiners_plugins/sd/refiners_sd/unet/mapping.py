@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from refiners_sd.unet.model import UNet
 
 __all__ = [
+    "attention_processor_names",
     "diffusers_module_map",
     "diffusers_to_ldm_name",
     "ldm_module_map",
@@ -203,6 +204,15 @@ def diffusers_module_map(unet: UNet, leaves_only: bool = True) -> dict[str, nn.M
     if leaves_only:
         return {name: module for name, module in mapping.items() if _is_weighted_leaf(module)}
     return mapping
+
+
+def attention_processor_names(unet: UNet) -> list[str]:
+    """Names of every ``attn1`` / ``attn2`` in the order of diffusers' ``attn_processors`` (down blocks,
+    up blocks, then the mid block), the order IP-Adapter weight files index (``"1.to_k_ip"`` is the
+    second entry). Resolve each with ``diffusers_module_map(unet, leaves_only=False)[name]``."""
+    groups = {"down_blocks": 0, "up_blocks": 1, "mid_block": 2}
+    names = [name for name in diffusers_module_map(unet, leaves_only=False) if name.endswith((".attn1", ".attn2"))]
+    return sorted(names, key=lambda name: groups[name.split(".")[0]])  # stable: keeps order within a group
 
 
 def _is_weighted_leaf(module: nn.Module) -> bool:

@@ -208,7 +208,8 @@ class UNet(Chain):
     # ---- structure helpers for adapters --------------------------------------------------------
 
     def cross_attentions(self) -> list[CrossAttention]:
-        """Every text :class:`CrossAttention`, in diffusers order (down, mid, up blocks)."""
+        """Every text :class:`CrossAttention`, in tree order (down, mid, up blocks; see
+        :func:`~refiners_sd.unet.mapping.attention_processor_names` for diffusers' processor order)."""
         return list(self.layers(CrossAttention))
 
     def down_block_end(self, block: int) -> Chain:
