@@ -1,0 +1,69 @@
+"""The hyper-parameters of a VAE, read from a diffusers ``AutoencoderKL`` ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SD15_SCALING_FACTOR", "SDXL_SCALING_FACTOR", "AutoencoderConfig"]
+
+SD15_SCALING_FACTOR = 0.18215
+SDXL_SCALING_FACTOR = 0.13025
+
+SUPPORTED_DOWN_BLOCKS = ("DownEncoderBlock2D",)
+SUPPORTED_UP_BLOCKS = ("UpDecoderBlock2D",)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Sizes of a KL autoencoder: the fields of diffusers' ``AutoencoderKL`` config that shape the model.
+
+    ``shift_factor`` (``None`` for SD 1.5 and SDXL) is subtracted before scaling on encode and added back
+    on decode. ``force_upcast`` is not used: load in float32 (or bfloat16) when fp16 overflows.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = SD15_SCALING_FACTOR
+    shift_factor: float | None = None
+    mid_block_add_attention: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> AutoencoderConfig:
+        """Read a diffusers config mapping; unsupported block types or activations raise ``ValueError``."""
+        defaults = cls()
+        for key, supported in (("down_block_types", SUPPORTED_DOWN_BLOCKS), ("up_block_types", SUPPORTED_UP_BLOCKS)):
+            unsupported = sorted(set(config.get(key, ())) - set(supported))
+            if unsupported:
+                raise ValueError(f"unsupported VAE {key}: {', '.join(unsupported)} (supported: {', '.join(supported)})")
+        if config.get("act_fn", "silu") != "silu":
+            raise ValueError(f"unsupported VAE act_fn {config['act_fn']!r} (supported: 'silu')")
+        shift = config.get("shift_factor")
+        return cls(
+            in_channels=int(config.get("in_channels", defaults.in_channels)),
+            out_channels=int(config.get("out_channels", defaults.out_channels)),
+            block_out_channels=tuple(int(c) for c in config.get("block_out_channels", defaults.block_out_channels)),
+            layers_per_block=int(config.get("layers_per_block", defaults.layers_per_block)),
+            latent_channels=int(config.get("latent_channels", defaults.latent_channels)),
+            norm_num_groups=int(config.get("norm_num_groups", defaults.norm_num_groups)),
+            scaling_factor=float(config.get("scaling_factor", defaults.scaling_factor)),
+            shift_factor=None if shift is None else float(shift),
+            mid_block_add_attention=bool(config.get("mid_block_add_attention", True)),
+            use_quant_conv=bool(config.get("use_quant_conv", True)),
+            use_post_quant_conv=bool(config.get("use_post_quant_conv", True)),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AutoencoderConfig:
+        """Read a ``config.json`` file (see :meth:`from_dict`)."""
+        with Path(path).open(encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
