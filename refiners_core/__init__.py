@@ -21,6 +21,7 @@ from refiners_core.errors import (
 )
 from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
 from refiners_core.plugins.hookspecs import hookimpl, hookspec
+from refiners_core.plugins.validation import RefinersPluginWarning
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ _LAZY: dict[str, str] = {
     "SetContext": "refiners_core.context",
     "UseContext": "refiners_core.context",
     "ContextProvider": "refiners_core.context",
+    "provider_of": "refiners_core.context",
     "Contexts": "refiners_core.context",
     # adapters
     "Adapter": "refiners_core.adapter",
@@ -102,6 +104,7 @@ __all__ = [
     "PickleRefusedError",
     "PluginError",
     "RefinersError",
+    "RefinersPluginWarning",
     "RegistryError",
     "WeightsError",
     "__version__",
@@ -138,7 +141,7 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
         Return,
         Sum,
     )
-    from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext
+    from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext, provider_of
     from refiners_core.layers.activations import GLU, ApproximateGeLU, GeLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
     from refiners_core.layers.attention import Attention, ScaledDotProductAttention, SelfAttention
     from refiners_core.layers.basics import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +20,13 @@ class ContextProvider:
 
     def __init__(self, contexts: Contexts | None = None) -> None:
         self.defaults: Contexts = {name: dict(values) for name, values in (contexts or {}).items()}
-        self.contexts: Contexts = {name: dict(values) for name, values in self.defaults.items()}
+        # deep copies: a mutable default (a list of residuals, say) must not be shared with live values
+        self.contexts: Contexts = copy.deepcopy(self.defaults)
 
     def declare(self, other: ContextProvider) -> None:
         """Adopt the contexts declared by ``other`` (a subtree joining this tree); values already set win."""
         for name, values in other.defaults.items():
-            self.defaults.setdefault(name, dict(values))
+            self.defaults.setdefault(name, copy.deepcopy(values))
         for name, values in other.contexts.items():
             target = self.contexts.setdefault(name, {})
             for key, value in values.items():
@@ -38,7 +40,7 @@ class ContextProvider:
         """Restore context ``name`` (every context when ``None``) to its declared defaults."""
         names = list(self.contexts) if name is None else [name]
         for context in names:
-            self.contexts[context] = dict(self.defaults.get(context, {}))
+            self.contexts[context] = copy.deepcopy(self.defaults.get(context, {}))
 
     def get_context(self, name: str) -> Context:
         """The dict of context ``name``; :class:`ContextError` if it was never declared nor set."""

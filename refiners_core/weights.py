@@ -107,6 +107,7 @@ def load_weights_into(
 
     With ``strict``, missing keys, unexpected keys and shape mismatches raise :class:`WeightsError`
     naming each of them, and the module is left untouched. Returns ``(missing, unexpected)``.
+    A module built on the meta device gets the loaded tensors assigned (no copy, no second allocation).
     """
     source = str(weights) if isinstance(weights, str | Path) else "state dict"
     state = load_tensors(weights, device=device, dtype=dtype) if isinstance(weights, str | Path) else dict(weights)
@@ -127,5 +128,7 @@ def load_weights_into(
         problems.append(f"unexpected keys: {_format_keys(unexpected)}")
     if problems:
         raise WeightsError(f"cannot load {source} into {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False, assign=False)
+    on_meta = any(tensor.is_meta for tensor in expected.values())
+    known = {key: value for key, value in state.items() if key in expected}
+    module.load_state_dict(known, strict=False, assign=on_meta)
     return missing, unexpected

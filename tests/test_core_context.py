@@ -87,3 +87,18 @@ def test_set_context_callback() -> None:
 def test_context_layer_outside_a_chain() -> None:
     with pytest.raises(ContextError, match="not inside a Chain"):
         rc.UseContext("a", "b")()
+
+
+def test_mutable_defaults_are_not_shared_with_live_values() -> None:
+    class WithList(rc.Chain):
+        def init_context(self) -> rc.Contexts:
+            return {"acc": {"items": []}}
+
+    model = WithList(rc.Passthrough(rc.SetContext("acc", "items", callback=lambda items, x: items.append(x))))
+    model(torch.ones(1))
+    assert len(model.use_context("acc")["items"]) == 1
+    model.reset_context("acc")
+    assert model.use_context("acc")["items"] == []
+    model(torch.ones(1))
+    model.reset_context("acc")
+    assert model.use_context("acc")["items"] == []

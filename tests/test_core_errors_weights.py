@@ -98,3 +98,13 @@ def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
     bad.write_bytes(b"{not a header")
     with pytest.raises(WeightsError, match="bad.safetensors"):
         rc.load_state_dict(bad)
+
+
+def test_load_weights_assigns_into_a_meta_built_module(tmp_path: Path) -> None:
+    source = rc.Chain(rc.Linear(4, 4), rc.Linear(4, 2))
+    path = rc.save_state_dict(source.state_dict(), tmp_path / "w.safetensors")
+    target = rc.Chain(rc.Linear(4, 4, device="meta"), rc.Linear(4, 2, device="meta"))
+    target.load_weights(path)
+    assert not target.Linear_1.weight.is_meta
+    x = torch.randn(3, 4)
+    assert torch.equal(target(x), source(x))
