@@ -28,6 +28,26 @@ _LAZY: dict[str, str] = {
     "SD15_UNET_CONFIG": "refiners_sd.configs",
     "SDXL_UNET_CONFIG": "refiners_sd.configs",
     "KNOWN_CONFIGS": "refiners_sd.configs",
+    "CLIPTextEncoder": "refiners_sd.clip",
+    "CLIPTextEncoderL": "refiners_sd.clip",
+    "CLIPTextEncoderG": "refiners_sd.clip",
+    "DoubleTextEncoder": "refiners_sd.clip",
+    "CLIPTokenizer": "refiners_sd.clip",
+    "CLIPTextConfig": "refiners_sd.clip",
+    "CLIPTextOutput": "refiners_sd.clip",
+    "CLIPTransformer": "refiners_sd.clip",
+    "TransformerLayer": "refiners_sd.clip",
+    "AutoencoderKL": "refiners_sd.vae",
+    "SD1Autoencoder": "refiners_sd.vae",
+    "SDXLAutoencoder": "refiners_sd.vae",
+    "AutoencoderConfig": "refiners_sd.vae",
+    "image_to_tensor": "refiners_sd.vae",
+    "tensor_to_image": "refiners_sd.vae",
+    "tensor_to_images": "refiners_sd.vae",
+    "Solver": "refiners_sd.solvers",
+    "DDIM": "refiners_sd.solvers",
+    "Euler": "refiners_sd.solvers",
+    "DPMSolverPlusPlus2M": "refiners_sd.solvers",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -47,7 +67,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from refiners_sd.clip import (
+        CLIPTextConfig,
+        CLIPTextEncoder,
+        CLIPTextEncoderG,
+        CLIPTextEncoderL,
+        CLIPTextOutput,
+        CLIPTokenizer,
+        CLIPTransformer,
+        DoubleTextEncoder,
+        TransformerLayer,
+    )
     from refiners_sd.configs import KNOWN_CONFIGS, SD15_UNET_CONFIG, SDXL_UNET_CONFIG
+    from refiners_sd.solvers import DDIM, DPMSolverPlusPlus2M, Euler, Solver
     from refiners_sd.unet.config import UNetConfig, UnsupportedConfigError
     from refiners_sd.unet.loading import diffusers_state_dict, load_diffusers_state_dict, load_unet
     from refiners_sd.unet.mapping import (
@@ -60,3 +92,12 @@ if TYPE_CHECKING:
     from refiners_sd.unet.model import UNet
     from refiners_sd.unet.sd1 import SD1UNet
     from refiners_sd.unet.sdxl import SDXLUNet
+    from refiners_sd.vae import (
+        AutoencoderConfig,
+        AutoencoderKL,
+        SD1Autoencoder,
+        SDXLAutoencoder,
+        image_to_tensor,
+        tensor_to_image,
+        tensor_to_images,
+    )
