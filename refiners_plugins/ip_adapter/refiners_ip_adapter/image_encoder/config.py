@@ -1,0 +1,66 @@
+"""The hyper-parameters of a CLIP vision tower, read from a transformers ``CLIPVisionConfig`` ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIP_VIT_H", "CLIPImageConfig"]
+
+
+@dataclass(frozen=True)
+class CLIPImageConfig:
+    """Sizes and options of a CLIP vision tower with projection (transformers ``CLIPVisionConfig`` fields).
+
+    The defaults are OpenCLIP ViT-H/14, the image encoder of the h94 IP-Adapters for SD1.5 and of the
+    ``*_vit-h`` SDXL ones.
+    """
+
+    hidden_size: int = 1280
+    intermediate_size: int = 5120
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    num_channels: int = 3
+    projection_dim: int = 1024
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+
+    @property
+    def num_positions(self) -> int:
+        """Patches plus the class token."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> CLIPImageConfig:
+        """Read a transformers vision config mapping (a full ``CLIPConfig``'s ``vision_config`` works too)."""
+        if "vision_config" in config and isinstance(config["vision_config"], Mapping):
+            config = {**config["vision_config"], "projection_dim": config.get("projection_dim")}
+        defaults = cls()
+        fields: dict[str, Any] = {}
+        for name in defaults.__dataclass_fields__:
+            value = config.get(name)
+            fields[name] = getattr(defaults, name) if value is None else type(getattr(defaults, name))(value)
+        return cls(**fields)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CLIPImageConfig:
+        """Read a ``config.json`` file (see :meth:`from_dict`)."""
+        with Path(path).open(encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+CLIP_VIT_H = CLIPImageConfig()
+"""OpenCLIP ViT-H/14 vision tower with its 1024-wide projection."""
