@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+from refiners_ip_adapter import CLIPImageConfig, CLIPImageEncoder
 
 from refiners_core import WeightsError, load_tensors, save_state_dict
-from refiners_ip_adapter import CLIPImageConfig, CLIPImageEncoder
 
 TOLERANCE = 1e-4
 

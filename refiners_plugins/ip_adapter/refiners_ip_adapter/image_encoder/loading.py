@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from refiners_sd.clip.module_map import load_by_module_map
+from refiners_sd.clip.transformer import clip_transformer_map
 from torch import nn
 
 from refiners_core import WeightsError, load_tensors
@@ -16,12 +18,10 @@ from refiners_ip_adapter.image_encoder.model import (
     ClassTokenProjection,
     CLIPImageEncoder,
     PatchEmbedding,
+    VisualProjection,
     ViTEmbedding,
     ViTPositionalEmbedding,
-    VisualProjection,
 )
-from refiners_sd.clip.module_map import load_by_module_map
-from refiners_sd.clip.transformer import clip_transformer_map
 
 __all__ = ["image_encoder_module_map", "load_image_encoder"]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from refiners_sd.clip.transformer import CLIPTransformer, record_penultimate
 from torch import nn
 
 from refiners_core import (
@@ -42,7 +43,6 @@ from refiners_core.context import Contexts
 from refiners_core.module import WeightedModule
 from refiners_ip_adapter.image_encoder.config import CLIP_VIT_H, CLIPImageConfig
 from refiners_ip_adapter.image_encoder.preprocessing import ImageInput, preprocess_images
-from refiners_sd.clip.transformer import CLIPTransformer, record_penultimate
 
 __all__ = [
     "CLIP_IMAGE_CONTEXT",
