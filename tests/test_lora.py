@@ -294,6 +294,25 @@ def test_errors_list_offending_keys_and_leave_the_model_unchanged() -> None:
     assert manager.names == ["kept", "text_skipped"]
 
 
+def test_text_encoder_component_given_as_a_chain() -> None:
+    unet, text_encoder = toy_model(), rc.Chain(rc.Linear(4, 4))
+    x = torch.randn(2, 4)
+    down, up = torch.randn(2, 4), torch.randn(4, 2)
+    state = {
+        **toy_lora(1),
+        "lora_te1_Linear.lora_down.weight": down,
+        "lora_te1_Linear.lora_up.weight": up,
+        "lora_te1_Linear.alpha": torch.tensor(1.0),
+    }
+    base = text_encoder(x)
+    manager = LoraManager(unet, components={"text_encoder": text_encoder})
+    manager.add("both", state)
+    assert {component for component, _ in manager.layers_of("both")} == {"unet", "text_encoder"}
+    torch.testing.assert_close(text_encoder(x), base + 0.5 * x @ down.T @ up.T)
+    manager.remove_all()
+    assert torch.equal(text_encoder(x), base)
+
+
 def test_fused_state_survives_failed_add() -> None:
     model = toy_model()
     manager = LoraManager(model)
