@@ -207,10 +207,20 @@ class UNet(Chain):
 
     # ---- structure helpers for adapters --------------------------------------------------------
 
+    def _trunk(self, layer_type: type[Chain]) -> list[Any]:
+        """Direct children of this UNet of ``layer_type``, injected adapters looked through.
+
+        Adapters holding a copy of the UNet's blocks (a ControlNet's encoder) are not searched.
+        """
+        return [child for child in map(_unwrap, self) if isinstance(child, layer_type)]
+
     def cross_attentions(self) -> list[CrossAttention]:
-        """Every text :class:`CrossAttention`, in tree order (down, mid, up blocks; see
-        :func:`~refiners_sd.unet.mapping.attention_processor_names` for diffusers' processor order)."""
-        return list(self.layers(CrossAttention))
+        """Every text :class:`CrossAttention` of the UNet itself, in tree order (down, mid, up blocks; see
+        :func:`~refiners_sd.unet.mapping.attention_processor_names` for diffusers' processor order).
+
+        Layers of an injected ControlNet's encoder are not included."""
+        parts = [*self._trunk(DownBlocks), *self._trunk(MiddleBlock), *self._trunk(UpBlocks)]
+        return [layer for part in parts for layer in part.layers(CrossAttention)]
 
     def down_block_end(self, block: int) -> Chain:
         """The Chain ending down block ``block``, where a T2I-Adapter feature is added before its skip.
@@ -220,7 +230,7 @@ class UNet(Chain):
         :class:`DownLayer` (after the last resnet/attention pair, before the downsampler); for a
         block without attention it is the block's last layer (the ``DownsampleLayer`` if it has one).
         """
-        blocks = [_unwrap(child) for child in _unwrap(self.ensure_find(DownBlocks))]
+        blocks = [_unwrap(child) for child in self._trunk(DownBlocks)[0]]
         down_blocks = [child for child in blocks if isinstance(child, DownBlock)]
         if not 0 <= block < len(down_blocks):
             raise IndexError(f"down block {block} out of range (the UNet has {len(down_blocks)})")
