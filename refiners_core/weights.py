@@ -19,9 +19,12 @@ def _is_pickle(path: Path) -> bool:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return True
     with path.open("rb") as handle:
-        head = handle.read(2)
+        head = handle.read(9)
+    # a safetensors file: 8-byte little-endian header size, then the JSON header (its size byte may be 0x80)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size:
+        return False
     # zip archives (torch.save) and raw pickle streams (protocol 2+ starts with 0x80)
-    return head == b"PK" or head[:1] == b"\x80"
+    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -91,7 +94,8 @@ def save_state_dict(
     return path
 
 
-def _format_keys(keys: list[str], limit: int = 20) -> str:
+def format_keys(keys: list[str], limit: int = 20) -> str:
+    """Join key names for an error message, eliding past ``limit``."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -121,11 +125,11 @@ def load_weights_into(
     ]
     problems = []
     if mismatched:
-        problems.append(f"shape mismatch: {_format_keys(mismatched)}")
+        problems.append(f"shape mismatch: {format_keys(mismatched)}")
     if strict and missing:
-        problems.append(f"missing keys: {_format_keys(missing)}")
+        problems.append(f"missing keys: {format_keys(missing)}")
     if strict and unexpected:
-        problems.append(f"unexpected keys: {_format_keys(unexpected)}")
+        problems.append(f"unexpected keys: {format_keys(unexpected)}")
     if problems:
         raise WeightsError(f"cannot load {source} into {type(module).__name__}: " + "; ".join(problems))
     on_meta = any(tensor.is_meta for tensor in expected.values())
