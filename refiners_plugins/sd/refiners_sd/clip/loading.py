@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from refiners_core import WeightsError, load_tensors
+from refiners_core.module_map import load_by_module_map
 from refiners_sd.clip.config import CLIPTextConfig
-from refiners_sd.clip.module_map import load_by_module_map
 from refiners_sd.clip.text_encoder import CLIPTextEncoder, Pooling, PositionalEmbedding, TextProjection, TokenEmbedding
 from refiners_sd.clip.transformer import clip_transformer_map
 

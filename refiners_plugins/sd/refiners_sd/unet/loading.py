@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from refiners_core import WeightsError
+from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
 from refiners_core.weights import load_tensors, save_state_dict
 from refiners_sd.unet.config import UNetConfig
 from refiners_sd.unet.mapping import diffusers_module_map
@@ -18,11 +19,6 @@ from refiners_sd.unet.model import UNet
 __all__ = ["diffusers_state_dict", "find_weight_files", "load_diffusers_state_dict", "load_unet", "save_diffusers"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
-
-
-def _format(keys: list[str], limit: int = 30) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def find_weight_files(folder: Path, variant: str | None = None) -> list[Path]:
@@ -51,53 +47,14 @@ def load_diffusers_state_dict(unet: UNet, state_dict: Mapping[str, torch.Tensor]
 
     Every key is accounted for: unexpected keys (no such diffusers module or parameter), missing
     parameters and shape mismatches raise :class:`WeightsError` listing them; nothing is loaded then.
-    Tensors are assigned as they are (their device and dtype become the model's).
+    A meta-built ``unet`` gets the tensors assigned as they are (their device and dtype become the model's).
     """
-    modules = diffusers_module_map(unet)
-    names = {id(module): name for name, module in unet.named_modules()}
-    ours: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for key, tensor in state_dict.items():
-        module_name, _, parameter = key.rpartition(".")
-        module = modules.get(module_name)
-        current = None if module is None else module._parameters.get(parameter)
-        if current is None:
-            unexpected.append(key)
-            continue
-        if current.shape != tensor.shape:
-            mismatched.append(f"{key} (file {tuple(tensor.shape)}, model {tuple(current.shape)})")
-            continue
-        ours[f"{names[id(module)]}.{parameter}"] = tensor
-    expected = [
-        f"{name}.{parameter}"
-        for name, module in modules.items()
-        for parameter, value in module._parameters.items()
-        if value is not None
-    ]
-    missing = [key for key in expected if key not in state_dict]
-    mapped = {id(value) for module in modules.values() for value in module._parameters.values()}
-    missing += [name for name, value in unet.named_parameters() if id(value) not in mapped]  # not in the map
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_format(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_format(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_format(mismatched)}")
-    if problems:
-        raise WeightsError(f"cannot load diffusers weights into {type(unet).__name__}: " + "; ".join(problems))
-    unet.load_state_dict(ours, strict=True, assign=True)
+    load_by_module_map(unet, diffusers_module_map(unet), state_dict, source="diffusers weights")
 
 
 def diffusers_state_dict(unet: UNet) -> dict[str, torch.Tensor]:
     """The weights of ``unet`` under diffusers names (``down_blocks.0.resnets.0.conv1.weight``...)."""
-    return {
-        f"{name}.{parameter}": value
-        for name, module in diffusers_module_map(unet).items()
-        for parameter, value in module._parameters.items()
-        if value is not None
-    }
+    return state_dict_by_module_map(diffusers_module_map(unet))
 
 
 def _resolve_config(path: Path, config: str | Path | Mapping[str, Any] | None) -> UNetConfig:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from refiners_core import Chain, Identity, WeightsError, load_tensors
-from refiners_sd.clip.module_map import load_by_module_map
+from refiners_core.module_map import load_by_module_map
 from refiners_sd.vae.config import AutoencoderConfig
 from refiners_sd.vae.layers import Resnet, SelfAttention2d
 from refiners_sd.vae.model import AutoencoderKL, Decoder, Encoder, MiddleBlock
