@@ -108,3 +108,13 @@ def test_load_weights_assigns_into_a_meta_built_module(tmp_path: Path) -> None:
     assert not target.Linear_1.weight.is_meta
     x = torch.randn(3, 4)
     assert torch.equal(target(x), source(x))
+
+
+def test_safetensors_header_size_starting_with_0x80_is_not_mistaken_for_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    for padding in range(512):
+        rc.save_state_dict({"weight": torch.ones(2)}, path, metadata={"pad": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(rc.load_state_dict(path)["weight"], torch.ones(2))
