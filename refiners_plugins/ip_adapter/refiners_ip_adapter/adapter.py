@@ -1,0 +1,442 @@
+"""IPAdapter: image prompts for a refiners-sd UNet (h94 IP-Adapter and IP-Adapter Plus)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from refiners_sd.clip.module_map import convert_by_module_map
+from refiners_sd.unet.mapping import attention_processor_names, diffusers_module_map
+from refiners_sd.unet.model import UNet
+from torch import nn
+
+import refiners_core as rc
+from refiners_core import AdapterError, WeightsError
+from refiners_ip_adapter.attention import IP_ADAPTER_CONTEXT, DecoupledCrossAttention, ImageCrossAttention
+from refiners_ip_adapter.formats import (
+    IPAdapterWeights,
+    Variant,
+    build_projection,
+    parse_h94,
+    projection_module_map,
+    read_h94,
+)
+from refiners_ip_adapter.image_encoder.model import CLIPImageEncoder
+from refiners_ip_adapter.image_encoder.preprocessing import ImageInput
+from refiners_ip_adapter.projection import FullImageProjection, ImageProjection, PerceiverResampler
+
+__all__ = ["BlockScales", "IPAdapter"]
+
+Projection = ImageProjection | PerceiverResampler | FullImageProjection
+BlockScales = float | Mapping[str, Any]
+_NAME = re.compile(r"^(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?attentions\.(\d+)\.")
+_GROUPS = {"down_blocks": "down", "up_blocks": "up", "mid_block": "mid"}
+
+
+def _cross_attention_names(unet: UNet) -> list[str]:
+    """``...attn2`` names in diffusers' processor order: the ``i``-th one is h94's ``ip_adapter.{2i+1}``."""
+    return [name for name in attention_processor_names(unet) if name.endswith(".attn2")]
+
+
+def _unet_device_dtype(unet: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(unet.parameters())
+    return parameter.device, parameter.dtype
+
+
+class IPAdapter:
+    """An IP-Adapter on a refiners-sd UNet: one :class:`DecoupledCrossAttention` per text cross-attention,
+    plus the image projection that turns CLIP image features into image tokens.
+
+    Usage::
+
+        ip = IPAdapter.from_file(unet, "ip-adapter-plus_sd15.safetensors", scale=0.7).inject()
+        ip.image_encoder = CLIPImageEncoder.from_transformers("models/image_encoder")
+        ip.set_image_embedding(ip.compute_image_embedding(image, classifier_free_guidance=True))
+        ...  # run the UNet as usual (batch = 2: negative, positive)
+        ip.eject()  # the UNet is exactly as before
+
+    Variants (detected from the file's keys): ``base`` reads CLIP ``image_embeds`` ``[B, D]`` (or
+    ``[B, n_images, D]``) and makes 4 tokens per image; ``plus`` (Resampler) reads the encoder's
+    penultimate hidden states ``[B, N, H]`` (or ``[B, n_images, N, H]``) and makes 16; ``full`` reads
+    hidden states and makes one token per state. Several images' tokens are concatenated.
+
+    Nothing changes in the UNet until :meth:`inject`. Several IP-Adapters can sit on the same UNet
+    under different ``name``\\ s; they, LoRAs, ControlNets and T2I-Adapters eject in any order.
+    """
+
+    def __init__(
+        self,
+        unet: UNet,
+        image_proj: Projection,
+        *,
+        scale: float = 1.0,
+        name: str = "ip_adapter",
+        image_encoder: CLIPImageEncoder | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Build a (randomly initialised) IP-Adapter for ``unet`` around ``image_proj``; see :meth:`from_file`
+        to load published weights. ``device``/``dtype`` default to the UNet's."""
+        if not isinstance(unet, UNet):
+            raise AdapterError(f"IP-Adapters patch refiners-sd UNets, not {type(unet).__name__}")
+        if not name or "." in name:
+            raise AdapterError(f"invalid IP-Adapter name {name!r}: it must be non-empty and contain no '.'")
+        unet_device, unet_dtype = _unet_device_dtype(unet)
+        device = device if device is not None else unet_device
+        dtype = dtype if dtype is not None else unet_dtype
+        token_dim = image_proj.layer("LayerNorm", rc.LayerNorm).normalized_shape[0]  # the last norm (norm_out)
+        modules = diffusers_module_map(unet, leaves_only=False)
+        self.unet = unet
+        self.image_proj = image_proj
+        self.name = name
+        self.image_encoder = image_encoder
+        self._scale = float(scale)
+        self.layer_names: list[str] = _cross_attention_names(unet)
+        self.adapters: list[DecoupledCrossAttention] = []
+        for layer_name in self.layer_names:
+            cross_attention = modules[layer_name]
+            text_dim = modules[f"{layer_name}.to_k"].in_features
+            if text_dim != token_dim:
+                raise AdapterError(
+                    f"the image projection makes {token_dim}-wide tokens but {layer_name} reads {text_dim}-wide "
+                    "text tokens: this IP-Adapter was made for another base model"
+                )
+            image = ImageCrossAttention(
+                name,
+                token_dim,
+                modules[f"{layer_name}.to_q"].out_features,
+                cross_attention.num_heads,
+                scale=scale,
+                device=device,
+                dtype=dtype,
+            )
+            self.adapters.append(DecoupledCrossAttention(cross_attention["ScaledDotProductAttention"], image))
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(
+        cls,
+        unet: UNet,
+        weights: str | Path | Mapping[str, Any],
+        scale: float = 1.0,
+        *,
+        name: str = "ip_adapter",
+        image_encoder: CLIPImageEncoder | None = None,
+        allow_pickle: bool = False,
+    ) -> IPAdapter:
+        """Read an h94 IP-Adapter (a safetensors path or a state dict, flat or nested) for ``unet``.
+
+        The variant is detected from the keys; weights go straight to the UNet's device and dtype. The
+        adapter is not injected yet: call :meth:`inject`.
+
+        Raises:
+            WeightsError: naming the keys at fault: unknown keys, missing keys, shapes that do not fit
+                the UNet (e.g. an SDXL file on an SD1.5 UNet), or a count of ``ip_adapter.*`` layers
+                that does not match the UNet's cross-attentions.
+        """
+        device, dtype = _unet_device_dtype(unet)
+        if isinstance(weights, str | Path):
+            source = str(weights)
+            state_dict = read_h94(weights, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        else:
+            source = "state dict"
+            state_dict = {
+                key: value.to(device=device, dtype=dtype) if isinstance(value, torch.Tensor) else value
+                for key, value in weights.items()
+            }
+        return cls.from_weights(unet, parse_h94(state_dict, source), scale, name=name, image_encoder=image_encoder)
+
+    @classmethod
+    def from_weights(
+        cls,
+        unet: UNet,
+        weights: IPAdapterWeights,
+        scale: float = 1.0,
+        *,
+        name: str = "ip_adapter",
+        image_encoder: CLIPImageEncoder | None = None,
+    ) -> IPAdapter:
+        """Build the adapter from parsed h94 weights (see :func:`~refiners_ip_adapter.formats.parse_h94`)."""
+        device, dtype = _unet_device_dtype(unet)
+        projection = build_projection(weights, device="meta", dtype=dtype)
+        converted = convert_by_module_map(
+            projection, projection_module_map(projection), weights.image_proj, source=weights.source
+        )
+        _check_shapes(projection, converted, weights.source)
+        adapter = cls(unet, projection, scale=scale, name=name, image_encoder=image_encoder, device="meta")
+        expected = [2 * index + 1 for index in range(len(adapter.layer_names))]
+        if sorted(weights.attention) != expected:
+            raise WeightsError(
+                f"{weights.source} has ip_adapter layers {_ranges(sorted(weights.attention))} but the UNet's "
+                f"{len(expected)} cross-attentions need {_ranges(expected)}: this IP-Adapter was made for "
+                "another base model"
+            )
+        assignments: list[tuple[nn.Module, torch.Tensor, str]] = []
+        for number, branch in zip(expected, adapter.image_attentions, strict=True):
+            to_k, to_v = weights.attention[number]
+            assignments.append((branch.to_k_ip, to_k, f"ip_adapter.{number}.to_k_ip.weight"))
+            assignments.append((branch.to_v_ip, to_v, f"ip_adapter.{number}.to_v_ip.weight"))
+        misfit = [
+            f"{key} (file {tuple(tensor.shape)}, model {tuple(layer.weight.shape)})"
+            for layer, tensor, key in assignments
+            if tensor.shape != layer.weight.shape
+        ]
+        if misfit:
+            raise WeightsError(f"cannot load {weights.source}: shape mismatch: {', '.join(misfit[:10])}")
+        projection.load_state_dict(converted, strict=True, assign=True)
+        for layer, tensor, _ in assignments:
+            layer.load_state_dict({"weight": tensor.to(device=device, dtype=dtype)}, assign=True)
+        projection.eval()
+        return adapter
+
+    # ---- structure -------------------------------------------------------------------------------
+
+    @property
+    def variant(self) -> Variant:
+        """``"base"`` (reads ``image_embeds``), ``"plus"`` or ``"full"`` (read penultimate hidden states)."""
+        if isinstance(self.image_proj, PerceiverResampler):
+            return "plus"
+        if isinstance(self.image_proj, FullImageProjection):
+            return "full"
+        return "base"
+
+    @property
+    def num_tokens(self) -> int:
+        """Image tokens per image."""
+        return self.image_proj.num_tokens
+
+    @property
+    def image_attentions(self) -> list[ImageCrossAttention]:
+        """The image branch of every cross-attention, in diffusers' processor order."""
+        return [adapter.image_attention for adapter in self.adapters]
+
+    @property
+    def is_injected(self) -> bool:
+        """Whether the adapter currently sits in the UNet."""
+        return any(adapter.is_injected for adapter in self.adapters)
+
+    def inject(self) -> IPAdapter:
+        """Put every :class:`DecoupledCrossAttention` in place, all or nothing; returns ``self``."""
+        if self.is_injected:
+            raise AdapterError(f"IP-Adapter {self.name!r} is already injected")
+        taken = {
+            branch.ensure_find(rc.UseContext).key
+            for branch in self.unet.layers(ImageCrossAttention)
+            if branch not in self.image_attentions
+        }
+        if self.name in taken:
+            raise AdapterError(f"another IP-Adapter named {self.name!r} is injected: give this one another name")
+        rc.inject_adapters(self.adapters)
+        return self
+
+    def eject(self) -> None:
+        """Take the adapter out: the UNet gets its exact original layers back (other adapters stay)."""
+        if not self.is_injected:
+            raise AdapterError(f"IP-Adapter {self.name!r} is not injected")
+        rc.eject_adapters(self.adapters)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the image projection and of every image branch."""
+        yield from self.image_proj.parameters()
+        for branch in self.image_attentions:
+            yield from branch.parameters()
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IPAdapter:
+        """Move the image projection and the image branches (``unet.to`` moves the injected branches too)."""
+        self.image_proj.to(device=device, dtype=dtype)
+        for branch in self.image_attentions:
+            branch.to(device=device, dtype=dtype)
+        return self
+
+    def h94_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in the h94 layout (``image_proj.*``, ``ip_adapter.{k}.to_k_ip/to_v_ip.weight``)."""
+        ours = {name: key for key, name in _our_names(self.image_proj).items()}
+        state = {ours[key]: value for key, value in self.image_proj.state_dict().items()}
+        for index, branch in enumerate(self.image_attentions):
+            state[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = branch.to_k_ip.weight.detach()
+            state[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = branch.to_v_ip.weight.detach()
+        return state
+
+    # ---- scales ----------------------------------------------------------------------------------
+
+    @property
+    def scale(self) -> float:
+        """The global scale last set (per-layer values: :attr:`scales`)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.set_scale(value)
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """The scale of every cross-attention by diffusers name (``down_blocks.1.attentions.0...attn2``)."""
+        return {name: branch.scale for name, branch in zip(self.layer_names, self.image_attentions, strict=True)}
+
+    def set_scale(self, scale: BlockScales) -> None:
+        """Set the image prompt's weight: a number for every layer, or per block as diffusers'
+        ``set_ip_adapter_scale`` reads it::
+
+            ip.set_scale({"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}})
+
+        Keys ``down``/``up`` take a number, or ``{"block_<i>": number or one number per attention of
+        that block}``; ``mid`` takes a number. Layers not named get 0 (as in diffusers).
+
+        Raises:
+            ValueError: unknown keys, blocks without attention, lists of the wrong length.
+        """
+        values = _expand_scales(self.layer_names, scale)
+        for branch, value in zip(self.image_attentions, values, strict=True):
+            branch.scale = value
+        if isinstance(scale, int | float):
+            self._scale = float(scale)
+
+    # ---- image inputs ----------------------------------------------------------------------------
+
+    def set_image_embedding(self, embedding: torch.Tensor) -> None:
+        """Project image features into image tokens and store them in the UNet's ``ip_adapter`` context.
+
+        ``embedding``: for ``base``, CLIP ``image_embeds`` ``[B, D]`` or ``[B, n_images, D]``; for
+        ``plus``/``full``, penultimate hidden states ``[B, N, H]`` or ``[B, n_images, N, H]``. ``B`` must
+        be the UNet's batch (e.g. negative and positive stacked for classifier-free guidance).
+        """
+        item_dims = 2 if self.variant != "base" else 1
+        if embedding.dim() == item_dims + 1:
+            embedding = embedding.unsqueeze(1)
+        if embedding.dim() != item_dims + 2:
+            expected = "[B, N, H] or [B, n_images, N, H]" if item_dims == 2 else "[B, D] or [B, n_images, D]"
+            raise ValueError(
+                f"{self.variant} IP-Adapter expects image features {expected}, got {tuple(embedding.shape)}"
+            )
+        width = self.image_proj.ensure_find(rc.Linear).in_features
+        if embedding.shape[-1] != width:
+            kind = "image_embeds" if item_dims == 1 else "penultimate hidden states"
+            raise ValueError(
+                f"this IP-Adapter reads {width}-wide {kind}, got {embedding.shape[-1]}-wide features "
+                f"{tuple(embedding.shape)} (wrong image encoder?)"
+            )
+        batch, images = embedding.shape[:2]
+        first = next(self.image_proj.parameters())
+        features = embedding.reshape(batch * images, *embedding.shape[2:]).to(device=first.device, dtype=first.dtype)
+        tokens = self.image_proj(features)
+        tokens = tokens.reshape(batch, images * tokens.shape[1], tokens.shape[2])
+        device, dtype = _unet_device_dtype(self.unet)
+        self.unet.set_context(IP_ADAPTER_CONTEXT, {self.name: tokens.to(device=device, dtype=dtype)})
+
+    def compute_image_embedding(
+        self, images: ImageInput | Sequence[ImageInput], *, classifier_free_guidance: bool = False
+    ) -> torch.Tensor:
+        """Encode images with :attr:`image_encoder` into what :meth:`set_image_embedding` takes.
+
+        One embedding per image (PIL images, or ``[0, 1]`` tensors ``[3, H, W]`` / ``[B, 3, H, W]``).
+        With ``classifier_free_guidance`` the negative embeddings come first: zeros for ``base``, the
+        encoding of an all-zero pixel tensor for ``plus``/``full``.
+        """
+        encoder = self.image_encoder
+        if encoder is None:
+            raise AdapterError(
+                "this IP-Adapter has no image_encoder: set ip.image_encoder = "
+                "CLIPImageEncoder.from_transformers(path), or pass embeddings to set_image_embedding"
+            )
+        pixels = encoder.preprocess(images)
+        with torch.no_grad():
+            output = encoder.encode(pixels)
+            if self.variant == "base":
+                embedding = output.image_embeds
+            else:
+                embedding = output.penultimate_hidden_state
+            if not classifier_free_guidance:
+                return embedding
+            if self.variant == "base":
+                negative = torch.zeros_like(embedding)
+            else:
+                negative = encoder.encode(torch.zeros_like(pixels)).penultimate_hidden_state
+        return torch.cat([negative, embedding])
+
+    def __repr__(self) -> str:
+        state = "injected" if self.is_injected else "not injected"
+        return (
+            f"IPAdapter(name={self.name!r}, variant={self.variant!r}, tokens={self.num_tokens}, "
+            f"layers={len(self.adapters)}, scale={self.scale}, {state})"
+        )
+
+
+def _our_names(projection: nn.Module) -> dict[str, str]:
+    """Our state-dict key -> h94 key, for every tensor of ``projection``."""
+    names = {id(module): name for name, module in projection.named_modules(remove_duplicate=False)}
+    result: dict[str, str] = {}
+    for h94_prefix, module in projection_module_map(projection).items():
+        ours = names[id(module)]
+        for tensor_name in module.state_dict():
+            result[f"{ours}.{tensor_name}" if ours else tensor_name] = f"{h94_prefix}.{tensor_name}"
+    return result
+
+
+def _check_shapes(projection: nn.Module, converted: Mapping[str, torch.Tensor], source: str) -> None:
+    h94 = _our_names(projection)
+    expected = projection.state_dict()
+    misfit = [
+        f"{h94.get(key, key)} (file {tuple(tensor.shape)}, model {tuple(expected[key].shape)})"
+        for key, tensor in converted.items()
+        if key in expected and tensor.shape != expected[key].shape
+    ]
+    if misfit:
+        raise WeightsError(f"cannot load {source}: shape mismatch: {', '.join(misfit[:10])}")
+
+
+def _ranges(numbers: list[int]) -> str:
+    if not numbers:
+        return "none"
+    if numbers == list(range(numbers[0], numbers[-1] + 1, 2)):
+        return f"{numbers[0]}, {numbers[0] + 2}, ... {numbers[-1]} ({len(numbers)})"
+    return ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "") + f" ({len(numbers)})"
+
+
+def _expand_scales(layer_names: list[str], scale: BlockScales) -> list[float]:
+    """One scale per layer name from a number or a diffusers-style per-block mapping."""
+    if isinstance(scale, int | float):
+        return [float(scale)] * len(layer_names)
+    if not isinstance(scale, Mapping):
+        raise TypeError(f"scale must be a number or a per-block mapping, got {type(scale).__name__}")
+    unknown = sorted(set(scale) - {"down", "mid", "up"})
+    if unknown:
+        raise ValueError(f"unknown scale keys {unknown}: expected 'down', 'mid' and/or 'up'")
+    parsed = []
+    for name in layer_names:
+        match = _NAME.match(name)
+        assert match is not None, name
+        parsed.append((_GROUPS[match.group(1)], match.group(2), int(match.group(3))))
+    attentions: dict[tuple[str, str | None], int] = {}
+    for group, block, index in parsed:
+        attentions[(group, block)] = max(attentions.get((group, block), 0), index + 1)
+    for group in ("down", "up"):
+        spec = scale.get(group)
+        if isinstance(spec, Mapping):
+            valid = [f"block_{block}" for (g, block) in attentions if g == group]
+            bad = sorted(set(spec) - set(valid))
+            if bad:
+                raise ValueError(f"scale[{group!r}] names {bad}, blocks without attention: valid are {valid}")
+            for key, value in spec.items():
+                count = attentions[(group, key.removeprefix("block_"))]
+                if isinstance(value, list | tuple) and len(value) not in (1, count):
+                    raise ValueError(f"scale[{group!r}][{key!r}] has {len(value)} values for {count} attentions")
+    mid = scale.get("mid", 0.0)
+    if isinstance(mid, list | tuple):
+        if len(mid) != 1:
+            raise ValueError(f"scale['mid'] takes one value, got {len(mid)}")
+        mid = mid[0]
+    values: list[float] = []
+    for group, block, index in parsed:
+        if group == "mid":
+            values.append(float(mid))
+            continue
+        spec = scale.get(group, 0.0)
+        value = spec.get(f"block_{block}", 0.0) if isinstance(spec, Mapping) else spec
+        if isinstance(value, list | tuple):
+            value = value[0] if len(value) == 1 else value[index]
+        values.append(float(value))
+    return values
