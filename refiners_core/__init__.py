@@ -6,8 +6,7 @@ imported on first attribute access, so ``import refiners_core`` and the CLI's li
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from refiners_core.errors import (
     AdapterError,
@@ -19,6 +18,7 @@ from refiners_core.errors import (
     RegistryError,
     WeightsError,
 )
+from refiners_core.lazy import lazy_exports
 from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
 from refiners_core.plugins.hookspecs import hookimpl, hookspec
 from refiners_core.plugins.validation import RefinersPluginWarning
@@ -117,17 +117,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'refiners_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 if TYPE_CHECKING:  # static analysers see every name eagerly
