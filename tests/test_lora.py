@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 from refiners_lora import Conv2dLora, LinearLora, LoraAdapter, LoraError, LoraManager, detect_format
-from refiners_lora.ldm_names import ldm_names
 from safetensors.torch import save_file
 from torch import nn
 
@@ -381,41 +380,6 @@ def test_loader_shares_one_manager_per_model(tmp_path: Path) -> None:
     assert manager is again and manager.names == ["style", "style_2"]
 
 
-def test_ldm_names_of_a_two_level_unet() -> None:
-    names = [
-        "conv_in",
-        "down_blocks.0.resnets.0.conv1",
-        "down_blocks.0.resnets.1.conv2",
-        "down_blocks.0.downsamplers.0.conv",
-        "down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q",
-        "down_blocks.1.resnets.0.conv_shortcut",
-        "mid_block.resnets.1.time_emb_proj",
-        "mid_block.attentions.0.proj_in",
-        "up_blocks.0.resnets.2.conv1",
-        "up_blocks.0.upsamplers.0.conv",
-        "up_blocks.1.attentions.2.proj_out",
-        "up_blocks.1.resnets.0.conv1",
-        "conv_out",
-    ]
-    assert ldm_names(names) == {
-        "conv_in": "input_blocks.0.0",
-        "down_blocks.0.resnets.0.conv1": "input_blocks.1.0.in_layers.2",
-        "down_blocks.0.resnets.1.conv2": "input_blocks.2.0.out_layers.3",
-        "down_blocks.0.downsamplers.0.conv": "input_blocks.3.0.op",
-        "down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q": (
-            "input_blocks.5.1.transformer_blocks.0.attn1.to_q"
-        ),
-        "down_blocks.1.resnets.0.conv_shortcut": "input_blocks.4.0.skip_connection",
-        "mid_block.resnets.1.time_emb_proj": "middle_block.2.emb_layers.1",
-        "mid_block.attentions.0.proj_in": "middle_block.1.proj_in",
-        "up_blocks.0.resnets.2.conv1": "output_blocks.2.0.in_layers.2",
-        "up_blocks.0.upsamplers.0.conv": "output_blocks.2.1.conv",
-        "up_blocks.1.attentions.2.proj_out": "output_blocks.5.1.proj_out",
-        "up_blocks.1.resnets.0.conv1": "output_blocks.3.0.in_layers.2",
-        "conv_out": "out.2",
-    }
-
-
 # ---- parity with diffusers + peft on tiny SD1.5 / SDXL UNets ----------------------------------------
 
 LORA_TARGETS = [
@@ -500,8 +464,7 @@ class ParityCase:
         self.kohya = files / "kohya.safetensors"
         save_file(kohya, self.kohya)
         # kohya with LDM block names, as SDXL trainers write them
-        ldm = ldm_names(self.modules)
-        assert set(ldm) == set(self.modules)
+        ldm = {module: refiners_sd.diffusers_to_ldm_name(module, config) for module in self.modules}
         kohya_ldm = {}
         for key, value in kohya.items():
             stem, _, part = key.partition(".")
@@ -644,13 +607,6 @@ def test_parity_errors_leave_the_unet_unchanged(parity: ParityCase) -> None:
     manager.add("x", text, skip_components=["text_encoder"])
     manager.remove_all()
     assert_same(unet, before)
-
-
-def test_ldm_names_agree_with_refiners_sd(parity: ParityCase) -> None:
-    import refiners_sd
-
-    for diffusers_name, ldm_name in ldm_names(parity.modules).items():
-        assert refiners_sd.ldm_to_diffusers_name(ldm_name, parity.unet.config) == diffusers_name
 
 
 def test_registry_load_adapter_uses_the_lora_family(parity: ParityCase) -> None:

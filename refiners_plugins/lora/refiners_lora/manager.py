@@ -16,7 +16,7 @@ from refiners_lora.errors import LoraError, format_keys
 from refiners_lora.formats import parse_lora, read_lora_file
 from refiners_lora.formats.common import COMPONENTS, LoraWeights
 from refiners_lora.layers import Lora, lora_from_weights
-from refiners_lora.module_map import ModuleMap, NameResolver, resolve_module_map
+from refiners_lora.module_map import ModuleMap, NameResolver, resolve_aliases, resolve_module_map
 from refiners_lora.writers import write_lora
 
 Target = tuple[str, str]  # (component, module name)
@@ -90,7 +90,9 @@ class LoraManager:
 
     def _resolver(self, component: str) -> NameResolver:
         if component not in self._resolvers:
-            self._resolvers[component] = NameResolver(list(self._maps[component]))
+            module_map = self._maps[component]
+            aliases = resolve_aliases(self.model, module_map) if component == "unet" else {}
+            self._resolvers[component] = NameResolver(list(module_map), aliases)
         return self._resolvers[component]
 
     # ---- adding ----------------------------------------------------------------------------------

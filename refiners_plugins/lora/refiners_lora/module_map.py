@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from refiners_lora.errors import LoraError
-from refiners_lora.ldm_names import ldm_names
 
 ModuleMap = Mapping[str, nn.Module]
 LORA_TARGET_TYPES = (nn.Linear, nn.Conv2d)
@@ -19,14 +18,14 @@ def chain_module_map(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if isinstance(module, LORA_TARGET_TYPES)}
 
 
-def _sd_module_map(model: nn.Module) -> Callable[[nn.Module], ModuleMap] | None:
+def _sd_function(model: nn.Module, name: str) -> Callable[[nn.Module], ModuleMap] | None:
     if not type(model).__module__.startswith("refiners_sd"):
         return None
     try:
         refiners_sd = importlib.import_module("refiners_sd")
     except ImportError:
         return None
-    return getattr(refiners_sd, "diffusers_module_map", None)
+    return getattr(refiners_sd, name, None)
 
 
 def resolve_module_map(model: nn.Module, module_map: ModuleMap | nn.Module | None = None) -> dict[str, nn.Module]:
@@ -40,27 +39,38 @@ def resolve_module_map(model: nn.Module, module_map: ModuleMap | nn.Module | Non
         return chain_module_map(module_map)
     if module_map is not None:
         return dict(module_map)
-    sd_map = _sd_module_map(model)
+    sd_map = _sd_function(model, "diffusers_module_map")
     if sd_map is not None:
         return dict(sd_map(model))
     return chain_module_map(model)
+
+
+def resolve_aliases(model: nn.Module, module_map: Mapping[str, nn.Module]) -> dict[str, str]:
+    """Other names of the mapped modules: for a refiners-sd UNet, its LDM names (``input_blocks.4.1...``).
+
+    Computed by refiners-sd (``refiners_sd.ldm_module_map``) and matched to ``module_map`` by layer identity.
+    """
+    ldm_map = _sd_function(model, "ldm_module_map")
+    if ldm_map is None:
+        return {}
+    by_layer = {id(layer): name for name, layer in module_map.items()}
+    return {ldm: by_layer[id(layer)] for ldm, layer in ldm_map(model).items() if id(layer) in by_layer}
 
 
 class NameResolver:
     """Resolves names written in LoRA files to module names of a map.
 
     Dotted names must match exactly. kohya names (``.`` written ``_``) are looked up in a table
-    built from the known names, in diffusers form and, for UNets, in LDM form too (kohya SDXL
-    files); a name two modules would share is reported rather than guessed.
+    built from the known names and their ``aliases`` (for UNets, LDM names as kohya SDXL files use
+    them); a name two modules would share is reported rather than guessed.
     """
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], aliases: Mapping[str, str] | None = None) -> None:
         self.names = set(names)
         self._underscored: dict[str, str] = {}
         self._ambiguous: set[str] = set()
-        aliases = [(name, name) for name in names]
-        aliases += [(ldm, name) for name, ldm in ldm_names(names).items()]
-        for alias, name in aliases:
+        pairs = [(name, name) for name in names] + list((aliases or {}).items())
+        for alias, name in pairs:
             key = alias.replace(".", "_")
             previous = self._underscored.setdefault(key, name)
             if previous != name:
