@@ -49,6 +49,9 @@ _LAZY: dict[str, str] = {
     "DDIM": "refiners_sd.solvers",
     "Euler": "refiners_sd.solvers",
     "DPMSolverPlusPlus2M": "refiners_sd.solvers",
+    "StableDiffusion1": "refiners_sd.pipeline",
+    "StableDiffusionXL": "refiners_sd.pipeline",
+    "load_pipeline": "refiners_sd.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
         TransformerLayer,
     )
     from refiners_sd.configs import KNOWN_CONFIGS, SD15_UNET_CONFIG, SDXL_UNET_CONFIG
+    from refiners_sd.pipeline import StableDiffusion1, StableDiffusionXL, load_pipeline
     from refiners_sd.solvers import DDIM, DPMSolverPlusPlus2M, Euler, Solver
     from refiners_sd.unet.config import UNetConfig, UnsupportedConfigError
     from refiners_sd.unet.loading import diffusers_state_dict, load_diffusers_state_dict, load_unet

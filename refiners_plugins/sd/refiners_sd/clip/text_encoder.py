@@ -223,6 +223,12 @@ class CLIPTextEncoder(Chain):
 
         return load_text_encoder(cls, path, device=device, dtype=dtype)
 
+    def save_transformers(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` in transformers' layout to the folder ``path``."""
+        from refiners_sd.clip.saving import save_transformers
+
+        return save_transformers(self, path)
+
 
 class CLIPTextEncoderL(CLIPTextEncoder):
     """CLIP ViT-L/14 text encoder (Stable Diffusion 1.5 conditions on its last hidden state, ``[B, 77, 768]``)."""

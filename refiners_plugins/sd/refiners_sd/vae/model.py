@@ -189,6 +189,12 @@ class AutoencoderKL(Chain):
 
         return load_autoencoder(cls, path, device=device, dtype=dtype, variant=variant)
 
+    def save_diffusers(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` in diffusers' layout to ``path``."""
+        from refiners_sd.vae.saving import save_diffusers
+
+        return save_diffusers(self, path)
+
 
 class SD1Autoencoder(AutoencoderKL):
     """Stable Diffusion 1.5's VAE (scaling factor 0.18215)."""
