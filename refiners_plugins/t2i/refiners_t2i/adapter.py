@@ -200,8 +200,8 @@ class T2IAdapter(Chain):
         """Compute the features of the condition ``image`` (``[B, C, H, W]`` in [0, 1]) and store them for the UNet.
 
         ``C`` is ``config.in_channels`` (3 or 1); ``H`` and ``W`` are the latents' size times the VAE factor (8)
-        and multiples of ``config.downscale_factor``. The image is moved to the adapter's device and dtype.
-        Returns the features.
+        and multiples of ``config.downscale_factor``. The image is moved to the network's device and dtype, the
+        features to the UNet's. Returns the features.
 
         Raises:
             ValueError: wrong rank, channels, or size.
@@ -216,7 +216,11 @@ class T2IAdapter(Chain):
                 f"of {factor}, got {list(image.shape)}"
             )
         parameter = next(self.encoder.parameters())
-        features = list(self(image.to(device=parameter.device, dtype=parameter.dtype)))
+        device, dtype = _device_dtype(self.unet)  # the network may live elsewhere: features go where the UNet is
+        features = [
+            feature.to(device=device, dtype=dtype)
+            for feature in self(image.to(device=parameter.device, dtype=parameter.dtype))
+        ]
         self.__dict__["_features"] = features
         if self.is_injected:
             self.unet.set_context(T2I_CONTEXT, {self.name: features})

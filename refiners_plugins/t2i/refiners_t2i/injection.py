@@ -26,7 +26,7 @@ from refiners_sd.unet.layers import AddResidual, ResidualAccumulator, UseResidua
 from refiners_sd.unet.model import UNet
 from torch import nn
 
-from refiners_core import Adapter, Chain, Multiply, Residual, UseContext
+from refiners_core import Adapter, Chain, Identity, Multiply, Sum, UseContext
 from refiners_core.errors import AdapterError, ContextError
 from refiners_t2i.config import T2IConfig
 
@@ -159,11 +159,15 @@ class UseT2IFeature(UseContext):
         return f"{super().extra_repr()}, index={self.index}"
 
 
-class T2IFeature(Residual):
-    """``x + scale * feature``: ``UseT2IFeature`` then ``Multiply(scale)``, added to the input."""
+class T2IFeature(Sum):
+    """``x + scale * feature``: the sum of ``Identity`` and ``Chain(UseT2IFeature, Multiply(scale))``.
+
+    ``x`` comes first so the result keeps its memory layout (as diffusers' ``hidden_states + feature``):
+    with ``scale=0`` the UNet's output is then bit-identical to the bare UNet's.
+    """
 
     def __init__(self, name: str, index: int, scale: float, where: str) -> None:
-        super().__init__(UseT2IFeature(name, index, where), Multiply(scale))
+        super().__init__(Identity(), Chain(UseT2IFeature(name, index, where), Multiply(scale)))
 
     @property
     def scale(self) -> float:
