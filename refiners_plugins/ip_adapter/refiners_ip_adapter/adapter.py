@@ -162,6 +162,12 @@ class IPAdapter:
     ) -> IPAdapter:
         """Build the adapter from parsed h94 weights (see :func:`~refiners_ip_adapter.formats.parse_h94`)."""
         device, dtype = _unet_device_dtype(unet)
+        text_dim = unet.config.cross_attention_dim[0]
+        if weights.cross_attention_dim != text_dim:
+            raise WeightsError(
+                f"{weights.source} makes {weights.cross_attention_dim}-wide image tokens but the UNet's "
+                f"cross-attentions read {text_dim}-wide text tokens: this IP-Adapter was made for another base model"
+            )
         projection = build_projection(weights, device="meta", dtype=dtype)
         converted = convert_by_module_map(
             projection, projection_module_map(projection), weights.image_proj, source=weights.source
@@ -254,7 +260,7 @@ class IPAdapter:
 
     def h94_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights in the h94 layout (``image_proj.*``, ``ip_adapter.{k}.to_k_ip/to_v_ip.weight``)."""
-        ours = {name: key for key, name in _our_names(self.image_proj).items()}
+        ours = _our_names(self.image_proj)
         state = {ours[key]: value for key, value in self.image_proj.state_dict().items()}
         for index, branch in enumerate(self.image_attentions):
             state[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = branch.to_k_ip.weight.detach()
