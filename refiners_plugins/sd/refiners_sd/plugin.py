@@ -1,11 +1,17 @@
-"""Entry point of the ``refiners-sd`` plugin: contributes the ``sd15`` and ``sdxl`` base-model families.
+"""Entry point of the ``refiners-sd`` plugin: the ``sd15`` and ``sdxl`` base-model families, and the
+``refiners generate`` / ``refiners demo-assets`` commands.
 
 This module must import without torch: it only returns descriptors naming the loader by string.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from refiners_core import BaseModelFamily, hookimpl
+
+if TYPE_CHECKING:
+    import typer
 
 UNET_LOADER = "refiners_sd.unet.loading:load_unet"
 
@@ -25,3 +31,11 @@ def refiners_base_models() -> list[BaseModelFamily]:
             loader=UNET_LOADER,
         ),
     ]
+
+
+@hookimpl
+def refiners_register_commands(cli: typer.Typer) -> None:
+    """Add ``refiners generate`` (text to image with adapters) and ``refiners demo-assets``."""
+    from refiners_sd.cli.generate import register
+
+    register(cli)
