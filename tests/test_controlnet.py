@@ -32,7 +32,9 @@ COND_CHANNELS = (8, 16, 16, 16)  # a small condition encoder with diffusers' 8x 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape
-    return (a - b).abs().max().item()
+    value = (a - b).abs().max().item()
+    print(f"max abs diff {value:.2e}")  # shown with pytest -s
+    return value
 
 
 # ---- fixtures: a tiny diffusers UNet and two diffusers ControlNets made from it ---------------------------
@@ -261,6 +263,7 @@ def test_fp16_variant_folder(tmp_path: Path) -> None:
         )
     expected = run_diffusers(model, inputs, down_block_additional_residuals=down, mid_block_additional_residual=mid)
     assert max_diff(run_refiners(unet, inputs), expected) < TOLERANCE
+    assert max_diff(expected, run_diffusers(model, inputs)) > 1e-2  # the ControlNet does change the output
 
 
 def test_diffusers_keys_single_file_round_trip(case: Case, tmp_path: Path) -> None:
