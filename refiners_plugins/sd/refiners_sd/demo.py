@@ -24,6 +24,7 @@ __all__ = [
     "build_demo_assets",
     "build_tiny_base",
     "write_condition_image",
+    "write_tiny_controlnet",
     "write_tiny_lora",
     "write_tiny_tokenizer",
 ]
@@ -168,6 +169,30 @@ def write_tiny_lora(base: str | Path, path: str | Path, rank: int = 4, seed: int
     return write_lora(tensors, path, format=format)
 
 
+def write_tiny_controlnet(base: str | Path, folder: str | Path, seed: int = 2) -> Path:
+    """Write a diffusers ControlNet folder for the UNet of the pipeline folder ``base`` (needs refiners-controlnet).
+
+    Its zero convolutions are perturbed like every other weight, so that the condition visibly matters.
+    """
+    from refiners_controlnet.model import ControlNet
+
+    from refiners_core.weights import save_state_dict
+    from refiners_sd.unet.loading import load_unet
+
+    unet = load_unet(Path(base) / "unet")
+    config = {**unet.config.to_dict(), "conditioning_embedding_out_channels": [8, 8, 16, 16]}
+    torch.manual_seed(seed)
+    controlnet = ControlNet(unet, config, name="demo")
+    _perturb(controlnet.encoder, torch.Generator().manual_seed(seed))
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    config_text = json.dumps(controlnet.config.to_dict(), indent=2, sort_keys=True) + "\n"
+    (target / "config.json").write_text(config_text, encoding="utf-8")
+    weights = target / "diffusion_pytorch_model.safetensors"
+    save_state_dict(controlnet.encoder.diffusers_state_dict(), weights, metadata={"format": "pt"})
+    return target
+
+
 def write_condition_image(path: str | Path, size: tuple[int, int] = (64, 64)) -> Path:
     """Write a condition image (white square outline on black, an edge map as a ControlNet expects)."""
     from PIL import Image, ImageDraw
@@ -185,19 +210,26 @@ def write_condition_image(path: str | Path, size: tuple[int, int] = (64, 64)) ->
 
 @dataclass(frozen=True)
 class DemoAssets:
-    """Paths of the demo assets (``lora`` is ``None`` without refiners-lora)."""
+    """Paths of the demo assets (``lora`` / ``controlnet`` are ``None`` without their plugin)."""
 
     base: Path
     lora: Path | None
+    controlnet: Path | None
     condition_image: Path
 
 
 def build_demo_assets(folder: str | Path, seed: int = 0) -> DemoAssets:
-    """Write the tiny base model (``base/``), a kohya LoRA (``lora.safetensors``) and ``condition.png``."""
+    """Write the tiny base model (``base/``), a kohya LoRA (``lora.safetensors``), a ControlNet (``controlnet/``)
+    and ``condition.png``; an adapter whose plugin is not installed is left out."""
     root = Path(folder)
     base = build_tiny_base(root / "base", seed=seed)
     try:
         lora: Path | None = write_tiny_lora(base, root / "lora.safetensors", seed=seed + 1)
     except ImportError:
         lora = None
-    return DemoAssets(base=base, lora=lora, condition_image=write_condition_image(root / "condition.png"))
+    try:
+        controlnet: Path | None = write_tiny_controlnet(base, root / "controlnet", seed=seed + 2)
+    except ImportError:
+        controlnet = None
+    condition = write_condition_image(root / "condition.png")
+    return DemoAssets(base=base, lora=lora, controlnet=controlnet, condition_image=condition)
