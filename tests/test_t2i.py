@@ -270,6 +270,10 @@ def test_weights_on_the_unet_dtype_and_device(cases: Callable[[str], Case]) -> N
     output = run_refiners(unet, inputs)
     expected = diffusers_reference(case, (case.adapter, case.image, 1.0))
     assert output.dtype == torch.bfloat16 and max_diff(output.float(), expected) < 0.1
+    # the network may run in another dtype: its features are cast to the UNet's
+    other = T2IAdapter(unet, adapter.config, name="f64", dtype=torch.float64)
+    assert {p.dtype for p in other.parameters()} == {torch.float64}
+    assert {f.dtype for f in other.set_condition(case.image)} == {torch.bfloat16}
 
 
 # ---- several adapters, ControlNet, LoRA ------------------------------------------------------------

@@ -89,14 +89,15 @@ def injection_points(t2i: T2IConfig, unet: UNetConfig) -> list[InjectionPoint]:
         else:
             (channels, stride), (want_channels, want_stride) = features[index], slots[index]
             problems.append(
-                f"feature {index} has {channels} channels at 1/{stride} of the image, down block {index} has "
-                f"{want_channels} channels at {want_stride}x the coarseness of block 0"
-                f" (feature 0 is at 1/{base_feature}, block 0 at 1/{base_slot} of the latents)"
+                f"feature {index}: {channels} channels at 1/{stride} of the image, "
+                f"down block {index}: {want_channels} channels at 1/{want_stride} of the latents"
             )
     if problems:
         raise AdapterError(
             f"this T2I-Adapter {t2i.describe()} does not fit the {unet.topology} UNet with block_out_channels "
-            f"{list(unet.block_out_channels)}: " + "; ".join(problems)
+            f"{list(unet.block_out_channels)} (each feature needs its block's channels, and the features' "
+            f"resolutions must scale like the blocks'; feature 0 is at 1/{base_feature} of the image, block 0 at "
+            f"1/{base_slot} of the latents): " + "; ".join(problems)
         )
     if len(features) > blocks and fits(features[blocks], slots[blocks]):
         points.append(InjectionPoint(blocks, None))
