@@ -481,6 +481,10 @@ def test_weight_errors_name_the_keys(cases: Callable[[str], Case], tmp_path: Pat
     misshapen = {**state, "adapter.body.0.resnets.0.block1.bias": torch.zeros(7)}
     with pytest.raises(WeightsError, match=r"shape mismatch: adapter\.body\.0\.resnets\.0\.block1\.bias"):
         T2IAdapter.from_diffusers(unet, misshapen)
+    with pytest.raises(WeightsError, match="has adapter.conv_in: it is a full_adapter or full_adapter_xl, not a light"):
+        T2IAdapter.from_diffusers(unet, state, adapter_type="light_adapter")
+    with pytest.raises(ValueError, match="adapter_type 'fulll' is not one of"):
+        T2IAdapter.from_diffusers(unet, state, adapter_type="fulll")
     with pytest.raises(WeightsError, match="not a T2I-Adapter of a known layout"):
         T2IAdapter.from_diffusers(unet, {"down_blocks.0.weight": torch.zeros(1)})
     with pytest.raises(WeightsError, match="no T2I-Adapter weight file"):

@@ -12,7 +12,7 @@ from refiners_sd.unet.model import UNet
 import refiners_core as rc
 from refiners_core import Chain
 from refiners_core.errors import AdapterError, WeightsError
-from refiners_t2i.config import T2IConfig, infer_config
+from refiners_t2i.config import ADAPTER_TYPES, T2IConfig, infer_config
 from refiners_t2i.encoder import T2IEncoder, load_diffusers_weights
 from refiners_t2i.formats import detect_format, read_weights, tencentarc_to_diffusers
 from refiners_t2i.injection import (
@@ -114,6 +114,8 @@ class T2IAdapter(Chain):
             WeightsError: unreadable source, unknown layout, missing/unexpected/misshapen keys (named).
             AdapterError: the adapter's features do not fit ``unet``.
         """
+        if adapter_type is not None and adapter_type not in ADAPTER_TYPES:
+            raise ValueError(f"adapter_type {adapter_type!r} is not one of {', '.join(ADAPTER_TYPES)}")
         device, dtype = _device_dtype(unet)
         state, config_dict, origin = read_weights(path, device, dtype, allow_pickle=allow_pickle, variant=variant)
         if detect_format(list(state), origin) == "tencentarc":
@@ -138,20 +140,15 @@ class T2IAdapter(Chain):
             except ValueError as error:
                 raise WeightsError(f"{origin}: {error}") from error
             return config
-        guess = infer_config(state, origin, full_type=adapter_type)
-        if adapter_type is not None and guess.adapter_type != adapter_type:
-            raise WeightsError(f"{origin} holds a {guess.adapter_type} (no conv_in), not a {adapter_type}")
+        guess = infer_config(state, origin, adapter_type=adapter_type)
         if adapter_type is not None or guess.is_light:
             return guess
-        candidates = [guess] + [
-            infer_config(state, origin, full_type=other)
-            for other in ("full_adapter", "full_adapter_xl")
-            if other != guess.adapter_type
-        ]
-        for candidate in candidates:
+        other = "full_adapter" if guess.adapter_type == "full_adapter_xl" else "full_adapter_xl"
+        for candidate_type in (guess.adapter_type, other):
             try:
+                candidate = infer_config(state, origin, adapter_type=candidate_type)
                 injection_points(candidate, unet.config)
-            except (AdapterError, ValueError):
+            except (AdapterError, WeightsError):  # does not fit, or not a valid config of that type
                 continue
             return candidate
         return guess  # fits nothing: the constructor raises with the most likely type's mismatch

@@ -171,27 +171,37 @@ def _shape(state: Mapping[str, Any], key: str, origin: str) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
-def infer_config(state: Mapping[str, Any], origin: str = "weights", full_type: str | None = None) -> T2IConfig:
+def infer_config(state: Mapping[str, Any], origin: str = "weights", adapter_type: str | None = None) -> T2IConfig:
     """The config of a diffusers-keyed T2I-Adapter state dict (``adapter.conv_in...``, ``adapter.body.N...``).
 
     ``light_adapter`` is recognised by its missing ``conv_in``. ``full_adapter`` and ``full_adapter_xl`` have
-    the same tensors (they differ only in where the parameter-free downsampling happens): ``full_type`` picks
+    the same tensors (they differ only in where the parameter-free downsampling happens): ``adapter_type`` picks
     one; by default ``full_adapter_xl`` when the unshuffle factor is 16 (SDXL adapters), else ``full_adapter``.
+
+    Raises:
+        WeightsError: a key needed to read a shape is missing, or ``adapter_type`` contradicts the tensors.
     """
+    has_conv_in = "adapter.conv_in.weight" in state
+    allowed = ("full_adapter", "full_adapter_xl") if has_conv_in else ("light_adapter",)
+    if adapter_type is not None and adapter_type not in allowed:
+        raise WeightsError(
+            f"{origin} {'has' if has_conv_in else 'has no'} adapter.conv_in: it is a {' or '.join(allowed)}, "
+            f"not a {adapter_type}"
+        )
     bodies = _indices(state, "adapter.body.")
     if not bodies or bodies != list(range(len(bodies))):
         raise WeightsError(f"{origin}: no consecutive adapter.body.N keys (found levels {bodies})")
     resnets = _indices(state, "adapter.body.0.resnets.")
     if resnets != list(range(len(resnets))):
         raise WeightsError(f"{origin}: adapter.body.0.resnets indices are not consecutive: {resnets}")
-    if "adapter.conv_in.weight" in state:
+    if has_conv_in:
         conv_in = _shape(state, "adapter.conv_in.weight", origin)
         in_channels, factor = split_input_channels(conv_in[1], f"{origin}: adapter.conv_in")
         channels = tuple(
             _shape(state, f"adapter.body.{i}.resnets.0.block1.weight", origin)[0] if resnets else conv_in[0]
             for i in bodies
         )
-        adapter_type = full_type or ("full_adapter_xl" if factor == 16 else "full_adapter")
+        adapter_type = adapter_type or ("full_adapter_xl" if factor == 16 else "full_adapter")
     else:
         first = _shape(state, "adapter.body.0.in_conv.weight", origin)
         in_channels, factor = split_input_channels(first[1], f"{origin}: adapter.body.0.in_conv")
