@@ -87,7 +87,8 @@ class TinyLora(rc.Sum, rc.Adapter[rc.Linear]):
 
 
 def load(model, weights, scale=1.0, **options):
-    tensors = weights if isinstance(weights, dict) else rc.load_tensors(weights)
+    allow_pickle = options.get("allow_pickle", False)
+    tensors = weights if isinstance(weights, dict) else rc.load_tensors(weights, allow_pickle=allow_pickle)
     target = next(m for m in model.modules() if isinstance(m, rc.Linear))
     return TinyLora(target, tensors, scale).inject()
 """

@@ -71,9 +71,11 @@ def test_unknown_name_or_missing_file(hub_catalog: HubCatalog) -> None:
 
 def test_pickle_needs_both_opt_ins(hub_catalog: HubCatalog, tmp_path) -> None:  # type: ignore[no-untyped-def]
     pickled = tmp_path / "weights.bin"
-    torch.save({"w": torch.zeros(1)}, pickled)
+    torch.save({"down.weight": torch.zeros(2, 64), "up.weight": torch.zeros(64, 2)}, pickled)
     with pytest.raises(PickleNotAllowedError):
         load_adapter(_model(), pickled, family="testlora")
+    # the user's opt-in reaches the family loader, which would refuse the pickle by itself otherwise
+    assert load_adapter(_model(), pickled, family="testlora", allow_pickle=True).is_injected
 
     data = pickled.read_bytes()
     revision = hub_catalog.hub.add_repo("test-org/pickled", {"weights.bin": data})
@@ -87,4 +89,5 @@ def test_pickle_needs_both_opt_ins(hub_catalog: HubCatalog, tmp_path) -> None:  
     with pytest.raises(PickleNotAllowedError):
         registry.pull("test/pickled")
     assert hub_catalog.hub.count("GET", "weights.bin") == 0
-    assert registry.load("test/pickled", allow_pickle=True)["w"].shape == (1,)
+    assert registry.load("test/pickled", allow_pickle=True)["up.weight"].shape == (64, 2)
+    assert load_adapter(_model(), "test/pickled", registry=registry, allow_pickle=True).is_injected

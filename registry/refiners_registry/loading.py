@@ -24,8 +24,10 @@ def load_adapter(
 ) -> Any:
     """Inject the adapter named ``name_or_path`` into ``model`` and return it.
 
-    ``name_or_path`` is a catalog name (pulled and verified if needed) or a local weight file; a local file
-    needs ``family``. The family's plugin loader is called as ``loader(model, path, **options)``.
+    ``name_or_path`` is a catalog name (pulled and verified if needed) or a local weight file or folder; a
+    local path needs ``family``. The family's plugin loader is called as ``loader(model, path, **options)``;
+    when pickles are allowed (entry and user both opted in) the loader gets ``allow_pickle=True`` too, since
+    family loaders refuse pickled files on their own otherwise.
 
     Raises:
         UnknownEntryError: neither a catalog name nor an existing file.
@@ -33,9 +35,9 @@ def load_adapter(
         PickleNotAllowedError: a pickled file without ``allow_pickle=True``.
     """
     local = Path(name_or_path).expanduser()
-    if isinstance(name_or_path, Path) or local.is_file():
-        if not local.is_file():
-            raise RegistryError(f"no such weight file: {local}")
+    if isinstance(name_or_path, Path) or local.exists():
+        if not local.exists():
+            raise RegistryError(f"no such weight file or folder: {local}")
         if family is None:
             raise RegistryError(f"loading the local file {local} needs family=... (e.g. 'lora')")
         if is_pickle_path(local.name) and not allow_pickle:
@@ -50,4 +52,6 @@ def load_adapter(
         ensure_plugin(entry)  # fail before downloading when no plugin can use the file
         weights = registry.pull(entry.name, allow_pickle=allow_pickle, check_plugin=False)
     loader = find_family(family).load_loader()
+    if allow_pickle:
+        options["allow_pickle"] = True
     return loader(model, weights, **options)
