@@ -20,6 +20,7 @@ from refiners_ip_adapter.formats import (
     IPAdapterWeights,
     Variant,
     build_projection,
+    flatten_nested,
     parse_h94,
     projection_module_map,
     read_h94,
@@ -146,7 +147,7 @@ class IPAdapter:
             source = "state dict"
             state_dict = {
                 key: value.to(device=device, dtype=dtype) if isinstance(value, torch.Tensor) else value
-                for key, value in weights.items()
+                for key, value in flatten_nested(weights).items()
             }
         return cls.from_weights(unet, parse_h94(state_dict, source), scale, name=name, image_encoder=image_encoder)
 
