@@ -358,5 +358,8 @@ def test_registry_load_adapter_uses_the_ip_adapter_family(tiny: TinyUNets, tmp_p
     assert max_diff(run_refiners(unet, inputs), run_diffusers_ip(model, inputs, [embedding_for("plus")])) < TOLERANCE
     ip.eject()
     assert_same_state(unet, before)
+    from_folder = registry.load_adapter(unet, tmp_path, family="ip-adapter")  # a folder holding one file
+    assert from_folder.variant == "plus"
+    from_folder.eject()
     with pytest.raises(AdapterError, match="unknown ip-adapter options: bogus"):
         registry.load_adapter(unet, file, family="ip-adapter", bogus=1)

@@ -106,7 +106,15 @@ def read_h94(
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Read an h94 file straight onto ``device`` as ``dtype``. Pickled files need ``allow_pickle=True``."""
+    """Read an h94 file (or the one safetensors file of a folder) straight onto ``device`` as ``dtype``.
+    Pickled files need ``allow_pickle=True``."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        if len(candidates) != 1:
+            found = ", ".join(candidate.name for candidate in candidates) or "none"
+            raise WeightsError(f"{path} must hold exactly one .safetensors IP-Adapter file (found: {found})")
+        path = candidates[0]
     state_dict = load_tensors(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     if not state_dict:
         raise WeightsError(
