@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from refiners_sd.clip.module_map import convert_by_module_map
 from refiners_sd.unet.mapping import attention_processor_names, diffusers_module_map
 from refiners_sd.unet.model import UNet
 from torch import nn
 
 import refiners_core as rc
 from refiners_core import AdapterError, WeightsError
+from refiners_core.module_map import convert_by_module_map
 from refiners_ip_adapter.attention import IP_ADAPTER_CONTEXT, DecoupledCrossAttention, ImageCrossAttention
 from refiners_ip_adapter.formats import (
     IPAdapterWeights,

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from refiners_sd.clip.module_map import load_by_module_map
 from refiners_sd.clip.transformer import clip_transformer_map
 from torch import nn
 
 from refiners_core import WeightsError, load_tensors
+from refiners_core.module_map import load_by_module_map
 from refiners_ip_adapter.image_encoder.config import CLIPImageConfig
 from refiners_ip_adapter.image_encoder.model import (
     ClassToken,

@@ -3,7 +3,6 @@ vision tower reuses (:mod:`refiners_sd.clip.transformer`)."""
 
 from refiners_sd.clip.config import CLIP_TEXT_G, CLIP_TEXT_L, CLIPTextConfig
 from refiners_sd.clip.double_text_encoder import DoubleTextEncoder
-from refiners_sd.clip.module_map import convert_by_module_map, load_by_module_map
 from refiners_sd.clip.text_encoder import (
     CLIPTextEncoder,
     CLIPTextEncoderG,
@@ -48,8 +47,6 @@ __all__ = [
     "TransformerLayer",
     "activation_from_name",
     "clip_transformer_map",
-    "convert_by_module_map",
-    "load_by_module_map",
     "record_penultimate",
     "transformer_layer_map",
 ]
