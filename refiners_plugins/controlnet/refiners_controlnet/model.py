@@ -36,9 +36,10 @@ from torch import nn
 
 from refiners_controlnet.config import ControlNetConfig, check_compatible, residual_layout
 from refiners_controlnet.layers import CONTROLNET_CONTEXT, ConditionEncoder, ControlResidual
-from refiners_core import Adapter, AdapterError, Chain, Passthrough, WeightsError
+from refiners_core import Adapter, AdapterError, Chain, Passthrough
 from refiners_core.context import root_of
 from refiners_core.module import get_parent
+from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
 
 __all__ = ["ControlNet", "ControlNetEncoder"]
 
@@ -52,10 +53,6 @@ def _unwrap(module: Any) -> Any:
     while isinstance(module, Adapter):
         module = module.target
     return module
-
-
-def _format(keys: list[str], limit: int = 20) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def guess_mode_factors(count: int) -> list[float]:
@@ -136,45 +133,14 @@ class ControlNetEncoder(Passthrough):
 
     def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under diffusers ``ControlNetModel`` names."""
-        return {
-            f"{name}.{parameter}": value
-            for name, module in self.diffusers_module_map().items()
-            for parameter, value in module._parameters.items()
-            if value is not None
-        }
+        return state_dict_by_module_map(self.diffusers_module_map())
 
     def load_diffusers_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load diffusers-named weights, assigning the tensors as they are (their device and dtype become ours).
+        """Load diffusers-named weights (a meta-built encoder gets the tensors assigned as they are).
 
         Missing, unexpected and mis-shaped keys raise :class:`WeightsError` listing them; nothing is loaded then.
         """
-        modules = self.diffusers_module_map()
-        names = {id(module): name for name, module in self.named_modules()}
-        ours: dict[str, torch.Tensor] = {}
-        unexpected: list[str] = []
-        mismatched: list[str] = []
-        for key, tensor in state_dict.items():
-            module_name, _, parameter = key.rpartition(".")
-            module = modules.get(module_name)
-            current = None if module is None else module._parameters.get(parameter)
-            if current is None:
-                unexpected.append(key)
-            elif current.shape != tensor.shape:
-                mismatched.append(f"{key} (file {tuple(tensor.shape)}, model {tuple(current.shape)})")
-            else:
-                ours[f"{names[id(module)]}.{parameter}"] = tensor
-        expected = set(self.diffusers_state_dict())
-        missing = sorted(key for key in expected if key not in state_dict)
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_format(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_format(sorted(unexpected))}")
-        if mismatched:
-            problems.append(f"shape mismatch: {_format(mismatched)}")
-        if problems:
-            raise WeightsError(f"cannot load ControlNet weights from {source}: " + "; ".join(problems))
-        self.load_state_dict(ours, strict=True, assign=True)
+        load_by_module_map(self, self.diffusers_module_map(), state_dict, source=f"ControlNet weights from {source}")
 
     def reset_parameters(self) -> None:
         """Initialise every layer as torch does, with zero convolutions (and the condition encoder's output

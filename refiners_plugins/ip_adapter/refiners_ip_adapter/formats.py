@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from refiners_core import WeightsError, load_tensors
+from refiners_core.weights import format_keys
 from refiners_ip_adapter.projection import (
     FullImageProjection,
     ImageProjection,
@@ -49,11 +50,6 @@ IMAGE_PROJ = "image_proj."
 IP_ADAPTER = "ip_adapter."
 _ATTENTION_KEY = re.compile(r"^ip_adapter\.(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 _LAYER_KEY = re.compile(r"^image_proj\.layers\.(\d+)\.")
-
-
-def _format(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 @dataclass
@@ -178,7 +174,7 @@ def _detect(image_proj: Mapping[str, torch.Tensor], source: str) -> IPAdapterWei
     if any("perceiver_resampler" in key for key in image_proj) or "image_proj.proj.0.weight" in image_proj:
         raise WeightsError(f"{source}: IP-Adapter FaceID files are not supported (they need face embeddings)")
     raise WeightsError(
-        f"{source}: unknown IP-Adapter image projection (keys: {_format(sorted(image_proj))}); expected the "
+        f"{source}: unknown IP-Adapter image projection (keys: {format_keys(sorted(image_proj))}); expected the "
         "base (proj, norm), Plus (latents, proj_in, layers, proj_out, norm_out) or Full (proj.0/2/3) layout"
     )
 
@@ -206,14 +202,14 @@ def parse_h94(state_dict: Mapping[str, Any], source: str = "state dict") -> IPAd
     if unknown:
         lora = [key for key in unknown if "lora" in key]
         hint = " (FaceID LoRA keys are not supported)" if lora else ""
-        problems.append(f"keys of no IP-Adapter layout{hint}: {_format(sorted(unknown))}")
+        problems.append(f"keys of no IP-Adapter layout{hint}: {format_keys(sorted(unknown))}")
     incomplete = [
         f"ip_adapter.{k}.{'to_v_ip' if 'to_k_ip' in pair else 'to_k_ip'}.weight"
         for k, pair in sorted(pairs.items())
         if len(pair) != 2
     ]
     if incomplete:
-        problems.append(f"missing keys: {_format(incomplete)}")
+        problems.append(f"missing keys: {format_keys(incomplete)}")
     if not image_proj:
         problems.append("no image_proj.* keys")
     if not pairs:

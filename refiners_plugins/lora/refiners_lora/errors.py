@@ -8,9 +8,3 @@ from refiners_core.errors import WeightsError
 class LoraError(WeightsError):
     """A LoRA file does not fit the model (unmatched keys, bad shapes, missing components) or a LoRA
     operation is invalid (unknown name, duplicate name)."""
-
-
-def format_keys(keys: list[str], limit: int = 25) -> str:
-    """Join ``keys`` for an error message, eliding past ``limit``."""
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

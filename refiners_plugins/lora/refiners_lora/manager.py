@@ -11,8 +11,9 @@ from torch import nn
 
 import refiners_core as rc
 from refiners_core.module import get_parent
+from refiners_core.weights import format_keys
 from refiners_lora.adapter import LoraAdapter
-from refiners_lora.errors import LoraError, format_keys
+from refiners_lora.errors import LoraError
 from refiners_lora.formats import parse_lora, read_lora_file
 from refiners_lora.formats.common import COMPONENTS, LoraWeights
 from refiners_lora.layers import Lora, lora_from_weights

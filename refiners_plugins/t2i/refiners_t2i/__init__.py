@@ -19,7 +19,7 @@ _LAZY: dict[str, str] = {
     "T2IEncoder": "refiners_t2i.encoder",
     "T2ILevel": "refiners_t2i.encoder",
     "T2IResnet": "refiners_t2i.encoder",
-    "diffusers_key_map": "refiners_t2i.encoder",
+    "diffusers_module_map": "refiners_t2i.encoder",
     "T2IFeature": "refiners_t2i.injection",
     "T2IFeatureAdapter": "refiners_t2i.injection",
     "UseT2IFeature": "refiners_t2i.injection",
@@ -40,7 +40,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 if TYPE_CHECKING:
     from refiners_t2i.adapter import T2IAdapter
     from refiners_t2i.config import ADAPTER_TYPES, T2IConfig, infer_config
-    from refiners_t2i.encoder import T2IEncoder, T2ILevel, T2IResnet, diffusers_key_map
+    from refiners_t2i.encoder import T2IEncoder, T2ILevel, T2IResnet, diffusers_module_map
     from refiners_t2i.formats import detect_format, read_weights, tencentarc_to_diffusers
     from refiners_t2i.injection import (
         InjectionPoint,

@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 from refiners_core import Chain, Contexts, Conv2d, ReLU, Residual, SetContext, UseContext
 from refiners_core.context import provider_of
-from refiners_core.errors import WeightsError
 from refiners_core.module import Module
+from refiners_core.module_map import load_by_module_map
 from refiners_t2i.config import T2IConfig
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "T2IEncoder",
     "T2ILevel",
     "T2IResnet",
-    "diffusers_key_map",
+    "diffusers_module_map",
 ]
 
 ENCODER_CONTEXT = "t2i_encoder"
@@ -127,35 +127,24 @@ class T2IEncoder(Chain):
         return {ENCODER_CONTEXT: {FEATURES_KEY: []}}
 
 
-def _params(prefix: str, module: torch.nn.Module, ours: str, table: dict[str, str]) -> None:
-    for name, _ in module.named_parameters(recurse=False):
-        table[f"{prefix}.{name}"] = f"{ours}.{name}"
-
-
-def diffusers_key_map(encoder: T2IEncoder, prefix: str = "adapter.") -> dict[str, str]:
-    """``{diffusers key: our state-dict key}`` for every parameter of ``encoder``.
+def diffusers_module_map(encoder: T2IEncoder, prefix: str = "adapter.") -> dict[str, torch.nn.Module]:
+    """``{diffusers module name: our convolution}`` for every weighted layer of ``encoder``.
 
     diffusers names: ``adapter.conv_in``, ``adapter.body.{i}.in_conv``, ``adapter.body.{i}.resnets.{j}.block1``
     / ``block2``, ``adapter.body.{i}.out_conv`` (light).
     """
-    paths = {id(module): name for name, module in encoder.named_modules()}
-    table: dict[str, str] = {}
-    direct = [child for child in encoder if isinstance(child, Conv2d)]
-    for conv in direct:
-        _params(f"{prefix}conv_in", conv, paths[id(conv)], table)
+    table: dict[str, torch.nn.Module] = {}
+    for conv in (child for child in encoder if isinstance(child, Conv2d)):
+        table[f"{prefix}conv_in"] = conv
     for i, level in enumerate(child for child in encoder if isinstance(child, T2ILevel)):
         convs = [child for child in level if isinstance(child, Conv2d)]
         names = ["in_conv", "out_conv"] if encoder.config.is_light else ["in_conv"]
         for name, conv in zip(names, convs, strict=False):
-            _params(f"{prefix}body.{i}.{name}", conv, paths[id(conv)], table)
+            table[f"{prefix}body.{i}.{name}"] = conv
         for j, resnet in enumerate(child for child in level if isinstance(child, T2IResnet)):
             for block, conv in zip(("block1", "block2"), resnet.layers(Conv2d), strict=True):
-                _params(f"{prefix}body.{i}.resnets.{j}.{block}", conv, paths[id(conv)], table)
+                table[f"{prefix}body.{i}.resnets.{j}.{block}"] = conv
     return table
-
-
-def _format(keys: list[str], limit: int = 12) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def load_diffusers_weights(encoder: T2IEncoder, state: Mapping[str, torch.Tensor], origin: str = "weights") -> None:
@@ -166,25 +155,5 @@ def load_diffusers_weights(encoder: T2IEncoder, state: Mapping[str, torch.Tensor
     Raises:
         WeightsError: naming the missing, unexpected and misshapen keys (diffusers names) and ``origin``.
     """
-    table = diffusers_key_map(encoder)
-    expected = encoder.state_dict()
-    missing = [key for key in table if key not in state]
-    unexpected = [key for key in state if key not in table]
-    misfit = [
-        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[ours].shape)})"
-        for key, ours in table.items()
-        if key in state and tuple(state[key].shape) != tuple(expected[ours].shape)
-    ]
-    problems = []
-    if misfit:
-        problems.append(f"shape mismatch: {_format(misfit)}")
-    if missing:
-        problems.append(f"missing keys: {_format(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_format(unexpected)}")
-    if problems:
-        raise WeightsError(
-            f"cannot load {origin} into a T2I-Adapter {encoder.config.describe()}: " + "; ".join(problems)
-        )
-    on_meta = any(parameter.is_meta for parameter in encoder.parameters())
-    encoder.load_state_dict({table[key]: value for key, value in state.items()}, strict=True, assign=on_meta)
+    source = f"{origin} (T2I-Adapter {encoder.config.describe()})"
+    load_by_module_map(encoder, diffusers_module_map(encoder), state, source=source)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from refiners_core.errors import WeightsError
-from refiners_core.weights import load_tensors
+from refiners_core.weights import format_keys, load_tensors
 
 __all__ = ["FORMATS", "detect_format", "read_weights", "tencentarc_to_diffusers"]
 
@@ -31,10 +31,6 @@ WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
 
 _FULL_ORIGINAL = re.compile(r"^body\.(\d+)\.(block1|block2|in_conv)\.(weight|bias)$")
 _LIGHT_ORIGINAL = re.compile(r"^body\.(\d+)\.(?:(in_conv|out_conv)|body\.(\d+)\.(block1|block2))\.(weight|bias)$")
-
-
-def _format_keys(keys: list[str], limit: int = 12) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def detect_format(keys: list[str], origin: str = "weights") -> str:
@@ -49,7 +45,7 @@ def detect_format(keys: list[str], origin: str = "weights") -> str:
         return "tencentarc"
     raise WeightsError(
         f"{origin} is not a T2I-Adapter of a known layout (diffusers 'adapter.*' or TencentARC 'conv_in'/'body.N'); "
-        f"keys: {_format_keys(sorted(keys))}"
+        f"keys: {format_keys(sorted(keys))}"
     )
 
 
@@ -77,13 +73,13 @@ def tencentarc_to_diffusers(
             inner = conv if conv else f"resnets.{resnet}.{block}"
             renamed[f"adapter.body.{level}.{inner}.{kind}"] = value
         if unknown:
-            raise WeightsError(f"{where}: keys of no TencentARC light-adapter layout: {_format_keys(unknown)}")
+            raise WeightsError(f"{where}: keys of no TencentARC light-adapter layout: {format_keys(unknown)}")
         return renamed
     matches = {key: _FULL_ORIGINAL.match(key) for key in state if not key.startswith("conv_in.")}
     unknown = [key for key, match in matches.items() if match is None]
     unknown += [key for key in state if key.startswith("conv_in.") and key not in ("conv_in.weight", "conv_in.bias")]
     if unknown:
-        raise WeightsError(f"{where}: keys of no TencentARC full-adapter layout: {_format_keys(unknown)}")
+        raise WeightsError(f"{where}: keys of no TencentARC full-adapter layout: {format_keys(unknown)}")
     count = 1 + max(int(match.group(1)) for match in matches.values() if match is not None)
     if num_res_blocks is None:
         if levels is None or levels <= 0 or count % levels:
@@ -108,7 +104,7 @@ def tencentarc_to_diffusers(
     if misplaced:
         raise WeightsError(
             f"{where}: in_conv on a resnet that does not start a level (num_res_blocks={num_res_blocks}): "
-            f"{_format_keys(misplaced)}"
+            f"{format_keys(misplaced)}"
         )
     return renamed
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from refiners_core.weights import load_tensors, read_metadata
-from refiners_lora.errors import LoraError, format_keys
+from refiners_core.weights import format_keys, load_tensors, read_metadata
+from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import LoraWeights, ParsedLora
 from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
 from refiners_lora.formats.diffusers import is_diffusers, parse_diffusers
