@@ -11,19 +11,18 @@ import random
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import peft
 import pytest
+import refiners_controlnet
+import refiners_ip_adapter
+import refiners_lora
 import refiners_sd
+import refiners_t2i
 import torch
 from ip_adapter_fixtures import load_into_diffusers, make_h94, set_diffusers_scale
 from safetensors.torch import save_file
 from sd_fixtures import TINY_SD15, make_tiny_unet, run_refiners
-
-peft = pytest.importorskip("peft")
-diffusers = pytest.importorskip("diffusers")
-refiners_lora = pytest.importorskip("refiners_lora")
-refiners_controlnet = pytest.importorskip("refiners_controlnet")
-refiners_t2i = pytest.importorskip("refiners_t2i")
-refiners_ip_adapter = pytest.importorskip("refiners_ip_adapter")
 
 TOLERANCE = 1e-4
 BATCH, HEIGHT, WIDTH = 2, 16, 16

@@ -356,7 +356,7 @@ def test_plugin_declares_the_family_without_importing_torch() -> None:
 def test_registry_loads_a_catalog_controlnet(
     case: Case, hub_server: Any, hub_env: dict[str, str], tmp_path: Path
 ) -> None:
-    registry = pytest.importorskip("refiners_registry")
+    import refiners_registry as registry
 
     data = (case.folders[0] / "diffusion_pytorch_model.safetensors").read_bytes()
     revision = hub_server.add_repo("test-org/tiny-controlnet", {"diffusion_pytorch_model.safetensors": data})

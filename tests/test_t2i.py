@@ -9,19 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import diffusers
 import pytest
 import refiners_sd
 import torch
+from refiners_t2i import T2IAdapter, T2IFeatureAdapter, load_t2i_adapter  # noqa: E402
+from refiners_t2i.injection import InjectionPoint  # noqa: E402
 from safetensors.torch import save_file
 from sd_fixtures import TINY_SD15, TINY_SD15_3BLOCKS, TINY_SDXL, TINY_SDXL_3BLOCKS, make_tiny_unet, run_diffusers
 from sd_fixtures import run_refiners as _run_refiners
 
 import refiners_core as rc
 from refiners_core import AdapterError, ContextError, PickleRefusedError, WeightsError
-
-diffusers = pytest.importorskip("diffusers")
-from refiners_t2i import T2IAdapter, T2IFeatureAdapter, load_t2i_adapter  # noqa: E402
-from refiners_t2i.injection import InjectionPoint  # noqa: E402
 
 TOLERANCE = 1e-4
 SCALE = 0.7
@@ -332,7 +331,7 @@ def test_injection_is_all_or_nothing(cases: Callable[[str], Case], monkeypatch: 
 
 def test_with_lora_and_controlnet(cases: Callable[[str], Case]) -> None:
     """A T2I-Adapter, a LoRA and a ControlNet on one UNet vs diffusers (ControlNet part skipped without the plugin)."""
-    peft = pytest.importorskip("peft")
+    import peft
     from refiners_lora import LoraManager
 
     case = cases("sd15-full")
@@ -416,7 +415,8 @@ def test_loader_and_registry_load_adapter(cases: Callable[[str], Case]) -> None:
     adapter.eject()
     assert_same(unet, before)
 
-    registry = pytest.importorskip("refiners_registry")
+    import refiners_registry as registry
+
     for family in ("t2i", "t2i-adapter"):
         loaded = registry.load_adapter(unet, weights, family=family, name="reg", scale=SCALE)
         assert isinstance(loaded, T2IAdapter) and loaded.is_injected
