@@ -52,7 +52,7 @@ def annotate_error(error: BaseException, layer: nn.Module, inputs: Any) -> None:
 
 
 class Chain(Module):
-    """Runs its children in order: each child's output feeds the next (tuples are unpacked).
+    """Runs its children in order: each child's output feeds the next (plain tuples are unpacked).
 
     Children are named after their class (``Linear``, or ``Linear_1``, ``Linear_2``... when several
     share a class); names can also be given as keywords. Editing (``insert``, ``remove``, ``replace``...)
@@ -92,14 +92,16 @@ class Chain(Module):
         layer: nn.Module | None = None
         try:
             for layer in self._modules.values():
-                result = layer(*result) if isinstance(result, tuple) else layer(result)
-                if type(layer) is Return:
-                    break
+                result = layer(*result) if type(result) is tuple else layer(result)
+        except EarlyReturn as signal:
+            if type(layer) is not Return:  # a Return further down, not a direct child: not ours to catch
+                raise
+            result = signal.value
         except Exception as error:
             if layer is not None:
                 annotate_error(error, layer, result)
             raise
-        if isinstance(result, tuple) and len(result) == 1:
+        if type(result) is tuple and len(result) == 1:
             return result[0]
         return result
 
@@ -362,8 +364,20 @@ class Chain(Module):
         return tree_repr(self)
 
 
+class EarlyReturn(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by :class:`Return` and caught by the Chain holding it (no cost on the normal path)."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
 class Return(Module):
-    """Ends the enclosing Chain: the Chain returns this layer's input as is."""
+    """Ends the enclosing Chain: the Chain returns this layer's input as is.
+
+    Must be a direct child of a Chain run by ``Chain.forward`` (not of ``Parallel``/``Sum``...); it works
+    by raising :class:`EarlyReturn`, so it does not trace under ``torch.compile(fullgraph=True)``.
+    """
 
     def forward(self, *args: Any) -> Any:
-        return args[0] if len(args) == 1 else args
+        raise EarlyReturn(args[0] if len(args) == 1 else args)

@@ -163,3 +163,12 @@ def test_return_stops_the_chain() -> None:
     x = torch.ones(1)
     chain = rc.Chain(rc.Multiply(2.0), rc.Return(), rc.Multiply(100.0))
     assert torch.equal(chain(x), 2 * x)
+
+
+def test_return_inside_a_nested_chain_ends_only_that_chain() -> None:
+    x = torch.ones(1)
+    chain = rc.Chain(rc.Chain(rc.Multiply(2.0), rc.Return(), rc.Multiply(100.0)), rc.Multiply(3.0))
+    assert torch.equal(chain(x), 6 * x)
+    pair = rc.Chain(rc.Lambda(lambda x: (x, x)), rc.Return(), rc.Multiply(0.0))
+    first, second = pair(x)
+    assert torch.equal(first, x) and torch.equal(second, x)
