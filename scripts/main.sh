@@ -5,17 +5,16 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/refiners --help
 .venv/bin/refiners plugins
+.venv/bin/refiners adapters list --family controlnet   # the bundled catalog: no network, no torch
 .venv/bin/python examples/quickstart.py
 
 # Text to image, offline: tiny random assets built on the fly by refiners-sd itself (a tiny SD1.5-topology
 # pipeline folder, a kohya LoRA, a diffusers ControlNet and a condition image), then one generate command.
-demo="$(mktemp -d "${TMPDIR:-/tmp}/refiners-demo.XXXXXX")"
-trap 'rm -rf "$demo"' EXIT
+# Everything lands in demo/ (git-ignored) so the image can be looked at afterwards.
+demo="demo"
+rm -rf "$demo"
 .venv/bin/refiners demo-assets "$demo"
-adapters=(--lora "$demo/lora.safetensors:0.8")
-if [ -d "$demo/controlnet" ]; then
-    adapters+=(--controlnet "$demo/controlnet:$demo/condition.png:0.9")
-fi
-image="$(HF_HUB_OFFLINE=1 .venv/bin/refiners generate "a red cube" --base "$demo/base" "${adapters[@]}" \
+image="$(HF_HUB_OFFLINE=1 .venv/bin/refiners generate "a red cube" --base "$demo/base" \
+    --lora "$demo/lora.safetensors:0.8" --controlnet "$demo/controlnet:$demo/condition.png:0.9" \
     --steps 4 --seed 0 -o "$demo/out.png" | tail -n 1)"
 .venv/bin/python -c "import sys; from PIL import Image; im = Image.open(sys.argv[1]); print(sys.argv[1], im.format, im.size)" "$image"
