@@ -141,12 +141,16 @@ def test_offline_pull_from_cache(hub_catalog: HubCatalog) -> None:
     env = hub_catalog.env
     missing = run_cli(env, "adapters", "--offline", "pull", "test/lora-tiny")
     assert missing.returncode == 6 and "offline" in _one_error_line(missing.stderr)
+    missing = run_cli(env, "--offline", "adapters", "pull", "test/lora-tiny")  # the global option
+    assert missing.returncode == 6 and "offline" in _one_error_line(missing.stderr)
+    assert hub_catalog.hub.count("GET", "lora.safetensors") == 0
     path = run_cli(env, "adapters", "pull", "test/lora-tiny").stdout.splitlines()[-1]
     hub_catalog.hub.stop()
     for args, extra in (
         (["adapters", "--offline", "pull", "test/lora-tiny"], {}),
         (["adapters", "pull", "test/lora-tiny", "--offline"], {}),
         (["adapters", "pull", "test/lora-tiny"], {"HF_HUB_OFFLINE": "1"}),
+        (["--offline", "adapters", "pull", "test/lora-tiny"], {}),
     ):
         done = run_cli(dict(env, **extra), *args)
         assert done.returncode == 0, done.stderr

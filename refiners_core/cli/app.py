@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -33,8 +34,14 @@ def build_app() -> typer.Typer:
         version: bool = typer.Option(
             False, "--version", callback=_print_version, is_eager=True, help="Print the refiners-core version and exit."
         ),
+        offline: bool = typer.Option(
+            False, "--offline", help="Use only local caches, never the network (sets HF_HUB_OFFLINE=1)."
+        ),
     ) -> None:
         """Refiners: adapters for PyTorch models, and the plugins that provide them."""
+        if offline:
+            # the one switch every downloading plugin honours (huggingface_hub and the registry read it)
+            os.environ["HF_HUB_OFFLINE"] = "1"
 
     app.command("plugins")(plugins_cmd.plugins)
     plugin_app = typer.Typer(help="Write and check third-party plugins.", no_args_is_help=True)
