@@ -119,3 +119,19 @@ def test_tree_reads_like_the_model() -> None:
         "ClassTokenProjection",
     ]
     assert "ClassToken" in repr(encoder) and "VisualProjection" in repr(encoder)
+
+
+def test_save_transformers_round_trips_through_transformers(tmp_path: Path) -> None:
+    from transformers import CLIPVisionModelWithProjection
+
+    model, path = make_tiny_vision(tmp_path, {"hidden_act": "quick_gelu"})
+    encoder = CLIPImageEncoder.from_transformers(path)
+    saved = encoder.save_transformers(tmp_path / "saved")
+    assert sorted(item.name for item in saved.iterdir()) == ["config.json", "model.safetensors"]
+    reloaded = CLIPVisionModelWithProjection.from_pretrained(saved).eval()
+    ours = CLIPImageEncoder.from_transformers(saved)
+    pixels = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(pixels).image_embeds
+        assert max_diff(reloaded(pixels).image_embeds, expected) < TOLERANCE
+        assert torch.equal(ours(pixels), encoder(pixels))

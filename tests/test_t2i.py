@@ -246,6 +246,22 @@ def test_single_files_diffusers_and_tencentarc(cases: Callable[[str], Case], nam
             assert torch.equal(ours, theirs), source
 
 
+@pytest.mark.parametrize("name", ["sd15-full-gray", "sd15-light", "sdxl-xl"])
+def test_save_diffusers_round_trips_through_diffusers(cases: Callable[[str], Case], name: str) -> None:
+    case = cases(name)
+    unet = refiners_sd.load_unet(case.unet_path)
+    adapter = T2IAdapter.from_diffusers(unet, case.adapter_path)
+    saved = adapter.save_diffusers(case.directory / f"saved_{name}")
+    assert sorted(item.name for item in saved.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    theirs = diffusers.T2IAdapter.from_pretrained(saved).eval()
+    assert theirs.config.adapter_type == case.adapter.config.adapter_type
+    reloaded = T2IAdapter.from_diffusers(unet, saved)
+    assert reloaded.config == adapter.config
+    with torch.no_grad():
+        for ours, expected in zip(reloaded.set_condition(case.image), theirs(case.image), strict=True):
+            assert max_diff(ours, expected) < 1e-5
+
+
 def test_tencentarc_full_adapter_levels_from_num_res_blocks(cases: Callable[[str], Case]) -> None:
     case = cases("sd15-full")
     unet = refiners_sd.load_unet(case.unet_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from refiners_sd.unet.model import UNet
 import refiners_core as rc
 from refiners_core import Chain
 from refiners_core.errors import AdapterError, WeightsError
+from refiners_core.module_map import state_dict_by_module_map
+from refiners_core.weights import save_state_dict
 from refiners_t2i.config import ADAPTER_TYPES, T2IConfig, infer_config
-from refiners_t2i.encoder import T2IEncoder, load_diffusers_weights
+from refiners_t2i.encoder import T2IEncoder, diffusers_module_map, load_diffusers_weights
 from refiners_t2i.formats import detect_format, read_weights, tencentarc_to_diffusers
 from refiners_t2i.injection import (
     T2I_CONTEXT,
@@ -124,6 +127,24 @@ class T2IAdapter(Chain):
         adapter = cls(unet, config, name=name, scale=scale, device="meta", dtype=dtype)
         load_diffusers_weights(adapter.encoder, state, origin)
         return adapter
+
+    def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's weights under diffusers ``T2IAdapter`` names (``adapter.conv_in.weight``...)."""
+        return {
+            key: value.detach() for key, value in state_dict_by_module_map(diffusers_module_map(self.encoder)).items()
+        }
+
+    def save_diffusers(self, path: str | Path) -> Path:
+        """Write the adapter as a diffusers ``T2IAdapter`` folder (``config.json`` and
+        ``diffusion_pytorch_model.safetensors``) and return the folder; :meth:`from_diffusers` reads it back."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        config_text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
+        (folder / "config.json").write_text(config_text, encoding="utf-8")
+        save_state_dict(
+            self.diffusers_state_dict(), folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"}
+        )
+        return folder
 
     @staticmethod
     def _resolve_config(

@@ -246,3 +246,9 @@ class CLIPImageEncoder(Chain):
         from refiners_ip_adapter.image_encoder.loading import load_image_encoder
 
         return load_image_encoder(cls, path, device=device, dtype=dtype, config=config)
+
+    def save_transformers(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` in transformers' layout to the folder ``path``."""
+        from refiners_ip_adapter.image_encoder.saving import save_transformers
+
+        return save_transformers(self, path)
