@@ -1,5 +1,6 @@
 """``refiners generate`` end to end in subprocesses: a tiny base-model bundle, a LoRA and a ControlNet served by
-the test Hub, resolved through the catalog and sha256-checked; and its one-line errors.
+the test Hub, resolved through the catalog and sha256-checked; every adapter family at once from local files;
+and its one-line errors. The same stack through the library: it changes the image, and ejects exactly.
 
 The tiny assets come from the product itself (``refiners_sd.demo``), then are served as Hub repositories.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hub_fixtures import hub_env, hub_server, write_catalog  # noqa: F401
 from hub_server import HubServer
 from PIL import Image
@@ -180,3 +182,120 @@ def test_known_base_without_a_bundle_says_why(hub_env: dict[str, str]) -> None: 
         resolve_base("sdxl", print, registry)
     with pytest.raises(GenerateError, match="single base-model component"):
         resolve_base("sd15/unet", print, registry)
+
+
+def every_family(assets: Any) -> list[str]:
+    """The ``--lora``/``--controlnet``/``--t2i``/``--ip-adapter`` options of the demo assets, all four at once."""
+    assert None not in (assets.lora, assets.controlnet, assets.t2i, assets.ip_adapter, assets.image_encoder)
+    return [
+        "--lora",
+        f"{assets.lora}:0.8",
+        "--controlnet",
+        f"{assets.controlnet}:{assets.condition_image}:0.9",
+        "--t2i",
+        f"{assets.t2i}:{assets.condition_image}:0.7",
+        "--ip-adapter",
+        f"{assets.ip_adapter}:{assets.reference_image}:0.6",
+        "--image-encoder",
+        str(assets.image_encoder),
+    ]
+
+
+def test_generate_with_every_family_from_local_files(
+    assets: Any,
+    hub_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "every.png"
+    env = {**hub_env, "HF_HUB_OFFLINE": "1"}
+    env.pop("REFINERS_LOAD_PLUGINS", None)
+    args = ["generate", "a red cube", "--base", str(assets.base), *every_family(assets)]
+    result = run_cli(env, *args, "--steps", "2", "--width", "56", "--height", "40", "-o", str(output), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == str(output)
+    with Image.open(output) as image:
+        assert image.format == "PNG" and image.size == (56, 40) and image.mode == "RGB"
+    for family in ("lora", "controlnet", "t2i", "ip-adapter"):
+        assert f"loading {family} " in result.stderr
+
+
+def test_ip_adapter_without_image_encoder_is_one_clear_line(
+    assets: Any,
+    hub_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    env = {**hub_env, "HF_HUB_OFFLINE": "1"}
+    env.pop("REFINERS_LOAD_PLUGINS", None)
+    output = tmp_path / "x.png"
+    ip_adapter = f"{assets.ip_adapter}:{assets.reference_image}"
+    result = run_cli(env, "generate", "x", "--base", str(assets.base), "--ip-adapter", ip_adapter, "-o", str(output))
+    assert result.returncode == 1
+    assert "needs --image-encoder" in only_error_line(result.stderr)
+    assert not output.exists()
+
+
+def test_every_family_changes_the_image_and_ejects_to_the_bare_unet(assets: Any) -> None:
+    from refiners_sd.cli.runner import apply_adapters, remove_adapters
+    from refiners_sd.cli.specs import parse_conditioned, parse_scaled
+    from refiners_sd.pipeline import StableDiffusion1, load_pipeline
+
+    model = load_pipeline(assets.base, device="cpu", dtype=torch.float32)
+    assert isinstance(model, StableDiffusion1)
+    width, height, guidance = 64, 48, 7.5
+    options: dict[str, Any] = {"steps": 2, "guidance": guidance, "seed": 3, "width": width, "height": height}
+    conditioning = model.encode_prompt("a red cube")  # [negative, prompt], as under guidance
+    latents = torch.randn(2, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
+
+    def unet_output() -> torch.Tensor:
+        model.set_conditioning(conditioning)
+        model.unet.set_timestep(torch.tensor(500))
+        with torch.no_grad():
+            return model.unet(latents)
+
+    bare_image = model.generate("a red cube", **options)
+    bare_output = unet_output()
+
+    texts = every_family(assets)
+    options_by_family = dict(zip(texts[0:8:2], texts[1:8:2], strict=True))
+    specs = [parse_scaled("lora", options_by_family["--lora"])]
+    specs += [parse_conditioned(option.removeprefix("--"), options_by_family[option])
+              for option in ("--controlnet", "--t2i", "--ip-adapter")]  # fmt: skip
+    adapters = apply_adapters(model, "sd15", specs, (width, height), guidance, print, str(assets.image_encoder))
+    stacked_image = model.generate("a red cube", **options)
+    assert stacked_image.size == bare_image.size == (width, height)
+    assert stacked_image.tobytes() != bare_image.tobytes()
+    stacked_output = unet_output()
+    assert not torch.equal(stacked_output, bare_output)
+
+    # each adapter is live: muting it alone changes the UNet's output
+    lora, controlnet, t2i, ip_adapter = adapters
+    mutes = {
+        "lora": (lambda: lora.set_scale(lora.names[0], 0.0), lambda: lora.set_scale(lora.names[0], 0.8)),
+        "controlnet": (lambda: setattr(controlnet, "scale", 0.0), lambda: setattr(controlnet, "scale", 0.9)),
+        "t2i": (lambda: setattr(t2i, "scale", 0.0), lambda: setattr(t2i, "scale", 0.7)),
+        "ip-adapter": (lambda: ip_adapter.set_scale(0.0), lambda: ip_adapter.set_scale(0.6)),
+    }
+    for family, (mute, restore) in mutes.items():
+        mute()
+        assert not torch.equal(unet_output(), stacked_output), f"{family} has no effect"
+        restore()
+    assert torch.equal(unet_output(), stacked_output)
+
+    remove_adapters(adapters)
+    assert torch.equal(unet_output(), bare_output)
+
+
+def test_demo_assets_skip_the_adapters_of_missing_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for plugin in ("refiners_t2i", "refiners_ip_adapter"):
+        monkeypatch.setitem(sys.modules, plugin, None)  # imports of it raise ImportError, as when not installed
+    assets = build_demo_assets(tmp_path)
+    assert assets.lora is not None and assets.controlnet is not None
+    assert (assets.t2i, assets.ip_adapter, assets.image_encoder, assets.reference_image) == (None,) * 4
+    assert sorted(item.name for item in tmp_path.iterdir()) == [
+        "base",
+        "condition.png",
+        "controlnet",
+        "lora.safetensors",
+    ]

@@ -120,16 +120,18 @@ def demo_assets(
     folder: Path = typer.Argument(..., help="Where to write the assets (created if needed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
 ) -> None:
-    """Write a tiny SD1.5-topology base model, a LoRA, a ControlNet and a condition image (no download needed)."""
+    """Write a tiny SD1.5-topology base model, a LoRA, a ControlNet, a T2I-Adapter, an IP-Adapter and its image
+    encoder, a condition image and a reference image (no download needed; adapters of missing plugins are skipped).
+    """
+    from dataclasses import fields
+
     from refiners_sd.demo import build_demo_assets
 
     assets = build_demo_assets(folder, seed=seed)
-    typer.echo(f"base={assets.base}")
-    if assets.lora is not None:
-        typer.echo(f"lora={assets.lora}")
-    if assets.controlnet is not None:
-        typer.echo(f"controlnet={assets.controlnet}")
-    typer.echo(f"condition_image={assets.condition_image}")
+    for item in fields(assets):
+        path = getattr(assets, item.name)
+        if path is not None:
+            typer.echo(f"{item.name}={path}")
 
 
 def register(cli: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from refiners_sd.pipeline.guidance import uses_guidance
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["GenerateError", "GenerateRequest", "resolve_base", "run"]
+__all__ = ["GenerateError", "GenerateRequest", "apply_adapters", "remove_adapters", "resolve_base", "run"]
 
 Report = Callable[[str], None]
 BASE_MODEL_FAMILY = "base-model"
@@ -189,6 +189,15 @@ class AdapterLoader:
         return self._load_local(spec, local, **options) if local else self._load_catalog(spec, **options)
 
 
+def _require_image_encoder(specs: Sequence[AdapterSpec], image_encoder: str | None) -> None:
+    for spec in specs:
+        if spec.family == "ip-adapter" and image_encoder is None:
+            raise GenerateError(
+                f"{spec.option} {spec.name}: an IP-Adapter needs --image-encoder (the CLIP vision model it was "
+                "trained with: a transformers folder or a catalog name)"
+            )
+
+
 def apply_adapters(
     model: LatentDiffusion,
     base_model: str,
@@ -198,7 +207,15 @@ def apply_adapters(
     report: Report,
     image_encoder: str | None = None,
 ) -> list[Any]:
-    """Load every adapter (images first, so that a bad image fails before any download) and set its inputs."""
+    """Load every adapter (images first, so that a bad image fails before any download) and set its inputs.
+
+    Condition images (ControlNet, T2I-Adapter) are resized to ``size`` and converted to the adapter's channels;
+    IP-Adapter reference images go to the CLIP image encoder ``image_encoder`` (a transformers folder or a
+    catalog name) as they are. Under classifier-free guidance (``guidance > 1``) the IP-Adapter embedding is
+    the batch ``[negative, positive]`` of the prompt; conditions of batch 1 serve both halves. Returns the
+    adapters in the order of ``specs`` (see :func:`remove_adapters`).
+    """
+    _require_image_encoder(specs, image_encoder)
     images = {
         index: load_image(spec.image, size if spec.family in CONDITIONED_FAMILIES else None)
         for index, spec in enumerate(specs)
@@ -223,9 +240,23 @@ def apply_adapters(
             image = images[index]
             if _condition_mode(adapter) != image.mode:
                 image = image.convert(_condition_mode(adapter))
-            adapter.set_condition(image_to_condition(image, device, dtype))
+            try:
+                adapter.set_condition(image_to_condition(image, device, dtype))
+            except ValueError as error:
+                raise GenerateError(f"{spec.option} {spec.name} with image {spec.image}: {error}") from None
         adapters.append(adapter)
     return adapters
+
+
+def remove_adapters(adapters: Sequence[Any]) -> None:
+    """Take out of the model every adapter :func:`apply_adapters` returned, last first: the UNet and text
+    encoders get their exact original layers back (LoRAs through their manager, the others by ``eject``)."""
+    for adapter in reversed(adapters):
+        if hasattr(adapter, "remove_all"):  # a LoraManager: one per model, shared by every --lora
+            if adapter.names:
+                adapter.remove_all()
+        elif adapter.is_injected:
+            adapter.eject()
 
 
 def _image_encoder_path(name: str, report: Report) -> Path:
@@ -251,6 +282,7 @@ def run(request: GenerateRequest, report: Report, on_step: Callable[[int, int], 
     dtype = _torch_dtype(request.dtype, device)
     if request.output.suffix.lower() != ".png":
         raise GenerateError(f"-o {request.output}: the output is a PNG file, name it *.png")
+    _require_image_encoder(request.adapters, request.image_encoder)
     folder, base_model = resolve_base(request.base, report)
     report(f"loading {base_model} base model from {folder} ({device}, {str(dtype).removeprefix('torch.')})")
     model = load_pipeline(folder, device=device, dtype=dtype, solver=request.solver)
