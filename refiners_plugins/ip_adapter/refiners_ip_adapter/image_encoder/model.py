@@ -164,17 +164,7 @@ class CLIPImageEncoder(Chain):
         dtype: torch.dtype | None = None,
     ) -> None:
         self.config = config = config or self.default_config
-        transformer = CLIPTransformer(
-            num_layers=config.num_hidden_layers,
-            embedding_dim=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            feedforward_dim=config.intermediate_size,
-            activation=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
-            is_causal=False,
-            device=device,
-            dtype=dtype,
-        )
+        transformer = CLIPTransformer.from_config(config, is_causal=False, device=device, dtype=dtype)
         super().__init__(
             ViTEmbedding(config, device=device, dtype=dtype),
             LayerNorm(config.hidden_size, eps=config.layer_norm_eps, device=device, dtype=dtype),

@@ -11,6 +11,8 @@ towers get the same tree (and the same weight mapping, see :func:`transformer_la
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -122,6 +124,28 @@ class CLIPTransformer(Chain):
                 dtype=dtype,
             )
             for _ in range(num_layers)
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        is_causal: bool,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> CLIPTransformer:
+        """Build from a CLIP text or vision config (``num_hidden_layers``, ``hidden_size``, ``num_attention_heads``,
+        ``intermediate_size``, ``hidden_act``, ``layer_norm_eps``: the names transformers uses for both towers)."""
+        return cls(
+            num_layers=config.num_hidden_layers,
+            embedding_dim=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            feedforward_dim=config.intermediate_size,
+            activation=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
+            is_causal=is_causal,
+            device=device,
+            dtype=dtype,
         )
 
     @property
