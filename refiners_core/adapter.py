@@ -46,7 +46,7 @@ class Adapter(Generic[T]):
         assert isinstance(self, Chain)
         for module in [self, *(child for child, _ in self.walk())]:
             if isinstance(module, Chain):
-                for key, child in module._modules.items():
+                for key, child in module._children.items():
                     if child is target:
                         return module, key
         raise AdapterError(f"{type(self).__name__}: the target must be a descendant of the adapter after __init__")
@@ -82,7 +82,7 @@ class Adapter(Generic[T]):
             raise AdapterError(
                 f"cannot inject {type(self).__name__}: its target {type(target).__name__} is not inside a Chain"
             )
-        if not any(child is target for child in parent._modules.values()):
+        if not any(child is target for child in parent._children.values()):
             raise AdapterError(
                 f"cannot inject {type(self).__name__}: {type(target).__name__} is not a child of {module_path(parent)}"
             )
@@ -99,8 +99,7 @@ class Adapter(Generic[T]):
         if parent is None:
             raise AdapterError(f"{type(self).__name__} is not injected")
         container, key = self._slot()
-        occupant = container._modules[key]
-        assert occupant is not None
+        occupant = container._children[key]
         parent.replace(self, occupant)
         container._modules[key] = self.target  # the ejected adapter holds its target again, ready to re-inject
 

@@ -91,7 +91,7 @@ class Chain(Module):
         result: Any = args
         layer: nn.Module | None = None
         try:
-            for layer in self._modules.values():
+            for layer in self._children.values():
                 result = layer(*result) if type(result) is tuple else layer(result)
         except EarlyReturn as signal:
             if type(layer) is not Return:  # a Return further down, not a direct child: not ours to catch
@@ -160,13 +160,18 @@ class Chain(Module):
 
     def name_of(self, child: nn.Module) -> str:
         """The key under which ``child`` is stored; :class:`ChainError` if it is not a child."""
-        for name, module in self._modules.items():
+        for name, module in self._children.items():
             if module is child:
                 return name
         raise ChainError(f"{type(child).__name__} is not a child of {type(self).__name__}")
 
     def _rebuild(self, items: list[tuple[str, nn.Module]]) -> None:
         self._modules = OrderedDict(items)  # type: ignore[assignment]
+
+    @property
+    def _children(self) -> dict[str, nn.Module]:
+        # ``_modules`` as Chains use it: torch types its values ``Module | None``, Chains never hold None
+        return self._modules  # type: ignore[return-value]
 
     def _index(self, index: int, allow_end: bool = False) -> int:
         size = len(self._modules)
@@ -182,7 +187,7 @@ class Chain(Module):
         return len(self._modules)
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return iter(self._modules.values())
+        return iter(self._children.values())
 
     @overload
     def __getitem__(self, key: int) -> nn.Module: ...
@@ -193,12 +198,12 @@ class Chain(Module):
     def __getitem__(self, key: int | str) -> nn.Module:
         if isinstance(key, str):
             try:
-                return self._modules[key]  # type: ignore[return-value]
+                return self._children[key]
             except KeyError:
                 raise ChainError(
                     f"{type(self).__name__} has no child {key!r} (children: {', '.join(self._modules)})"
                 ) from None
-        return list(self._modules.values())[self._index(key)]  # type: ignore[return-value]
+        return list(self._children.values())[self._index(key)]  # type: ignore[return-value]
 
     @property
     def children_names(self) -> list[str]:
@@ -223,7 +228,7 @@ class Chain(Module):
             check = lambda module, _parent: isinstance(module, layer_type)  # noqa: E731
         else:
             check = predicate
-        for module in list(self._modules.values()):
+        for module in list(self._children.values()):
             if check(module, self):
                 yield module, self
                 if not recurse:
@@ -260,7 +265,7 @@ class Chain(Module):
         Raises :class:`ChainError` naming the first segment that does not resolve, or a type mismatch.
         """
         current: nn.Module = self
-        segments = [path] if isinstance(path, int) else path.split(".")
+        segments: list[str | int] = [path] if isinstance(path, int) else list(path.split("."))
         for position, segment in enumerate(segments):
             if not isinstance(current, Chain):
                 walked = ".".join(str(s) for s in segments[:position])
@@ -283,7 +288,7 @@ class Chain(Module):
         key = name or self._fresh_name(module)
         if not isinstance(module, nn.Module):
             raise ChainError(f"{type(self).__name__} children must be torch.nn.Module, got {type(module).__name__}")
-        items = list(self._modules.items())
+        items = list(self._children.items())
         items.insert(position, (key, module))
         self._rebuild(items)
         self._adopt(module)
@@ -294,7 +299,7 @@ class Chain(Module):
         return self.insert(len(self._modules), module, name=name)
 
     def _position_of_type(self, layer_type: type[nn.Module]) -> int:
-        for position, module in enumerate(self._modules.values()):
+        for position, module in enumerate(self._children.values()):
             if isinstance(module, layer_type):
                 return position
         raise ChainError(f"no direct child of type {layer_type.__name__} in {type(self).__name__}")
@@ -310,7 +315,7 @@ class Chain(Module):
     def pop(self, index: int = -1) -> nn.Module:
         """Remove and return the child at ``index``."""
         position = self._index(index)
-        items = list(self._modules.items())
+        items = list(self._children.items())
         _, module = items.pop(position)
         self._rebuild(items)
         self._detach(module)
@@ -343,7 +348,7 @@ class Chain(Module):
         clone._modules = OrderedDict()  # type: ignore[assignment]
         clone.__dict__["_provider"] = self.__dict__["_provider"].copy()
         set_parent(clone, None)
-        for name, module in self._modules.items():
+        for name, module in self._children.items():
             if isinstance(module, Chain):
                 child = module.structural_copy()
                 clone._modules[name] = child
@@ -356,7 +361,7 @@ class Chain(Module):
         # deepcopy/unpickle: children must point at this new Chain, not the original.
         super().__setstate__(state)
         set_parent(self, None)  # re-set by the enclosing Chain's own __setstate__, if any
-        for module in self._modules.values():
+        for module in self._children.values():
             if module is not None:
                 set_parent(module, self)
 

@@ -31,7 +31,7 @@ class Parallel(Chain):
         outputs = []
         layer: nn.Module | None = None
         try:
-            for layer in self._modules.values():
+            for layer in self._children.values():
                 outputs.append(layer(*args))
         except Exception as error:
             if layer is not None:
@@ -49,7 +49,7 @@ class Distribute(Chain):
         outputs = []
         layer: nn.Module | None = None
         try:
-            for layer, arg in zip(self._modules.values(), args, strict=True):
+            for layer, arg in zip(self._children.values(), args, strict=True):
                 outputs.append(layer(arg))
         except Exception as error:
             if layer is not None:
@@ -65,7 +65,7 @@ class Sum(Chain):
         result: Any = None
         layer: nn.Module | None = None
         try:
-            for layer in self._modules.values():
+            for layer in self._children.values():
                 output = layer(*args)
                 result = output if result is None else result + output
         except Exception as error:

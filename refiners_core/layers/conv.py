@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ class Conv2d(nn.Conv2d, WeightedModule):
         groups: int = 1,
         bias: bool = True,
         dilation: int | tuple[int, int] = 1,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
