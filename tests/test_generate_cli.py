@@ -231,7 +231,12 @@ def test_ip_adapter_without_image_encoder_is_one_clear_line(
     result = run_cli(env, "generate", "x", "--base", str(assets.base), "--ip-adapter", ip_adapter, "-o", str(output))
     assert result.returncode == 1
     assert "needs --image-encoder" in only_error_line(result.stderr)
+    assert "denoising" not in result.stderr  # no empty progress bar before the error
     assert not output.exists()
+    encoder_alone = ("--image-encoder", str(assets.image_encoder))
+    result = run_cli(env, "generate", "x", "--base", str(assets.base), *encoder_alone, "-o", str(output))
+    assert result.returncode == 1
+    assert "only an --ip-adapter uses it" in only_error_line(result.stderr)
 
 
 def test_every_family_changes_the_image_and_ejects_to_the_bare_unet(assets: Any) -> None:

@@ -39,9 +39,12 @@ def _specs(loras: list[str], controlnets: list[str], t2is: list[str], ip_adapter
 
 @contextmanager
 def _step_progress(total: int) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar of denoising steps on stderr (rich), yielding the step callback."""
+    """A progress bar of denoising steps on stderr (rich), yielding the step callback.
+
+    The bar appears at the first finished step, so an error while loading is not preceded by an empty bar.
+    """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     progress = Progress(
         TextColumn("denoising"),
@@ -51,9 +54,20 @@ def _step_progress(total: int) -> Iterator[Callable[[int, int], None]]:
         console=Console(stderr=True),
         transient=False,
     )
-    task = progress.add_task("denoising", total=total)
-    with progress:
-        yield lambda done, steps: progress.update(task, completed=done, total=steps)
+    task: TaskID | None = None
+
+    def on_step(done: int, steps: int) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task("denoising", total=steps or total)
+        progress.update(task, completed=done, total=steps)
+
+    try:
+        yield on_step
+    finally:
+        if task is not None:
+            progress.stop()
 
 
 def generate(

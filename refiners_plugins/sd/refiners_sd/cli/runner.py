@@ -190,6 +190,8 @@ class AdapterLoader:
 
 
 def _require_image_encoder(specs: Sequence[AdapterSpec], image_encoder: str | None) -> None:
+    if image_encoder is not None and not any(spec.family == "ip-adapter" for spec in specs):
+        raise GenerateError(f"--image-encoder {image_encoder}: only an --ip-adapter uses it, and none was given")
     for spec in specs:
         if spec.family == "ip-adapter" and image_encoder is None:
             raise GenerateError(
