@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import os
 import warnings
@@ -86,7 +87,7 @@ class Registry:
     ) -> None:
         merged = collect_sources(bundled=bundled, plugins=plugins, user=user, extra=[Path(c) for c in catalogs])
         self.entries: dict[str, CatalogEntry] = merged.entries
-        self.issues: list[CatalogIssue] = merged.issues
+        self.issues: builtins.list[CatalogIssue] = merged.issues
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.offline = _offline_from_env() if offline is None else offline
         self.endpoint = endpoint
@@ -97,7 +98,7 @@ class Registry:
 
     # -- lookup (no torch, no network) -------------------------------------------------------------
 
-    def list(self, family: str | None = None, base_model: str | None = None) -> list[CatalogEntry]:
+    def list(self, family: str | None = None, base_model: str | None = None) -> builtins.list[CatalogEntry]:
         """Entries sorted by name, optionally filtered by family (aliases understood) and base model."""
         families = _family_matcher(family) if family is not None else None
         return [
@@ -106,7 +107,7 @@ class Registry:
             if (families is None or families(entry.family)) and (base_model is None or entry.base_model == base_model)
         ]
 
-    def search(self, text: str) -> list[CatalogEntry]:
+    def search(self, text: str) -> builtins.list[CatalogEntry]:
         """Entries whose name, family, base model, description, tags or repository contain every word of ``text``."""
         words = text.lower().split()
         found = []
@@ -184,7 +185,7 @@ class Registry:
         local_dir: Path | str | None = None,
         force: bool = False,
         allow_pickle: bool = False,
-    ) -> list[Path]:
+    ) -> builtins.list[Path]:
         self._check_pickle(entry, allow_pickle)
         if revision is not None:
             try:

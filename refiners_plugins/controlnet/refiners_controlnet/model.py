@@ -99,6 +99,7 @@ class ControlNetEncoder(Passthrough):
         )
         next(child for child in down if isinstance(child, InputConv)).insert_before_type(ResidualAccumulator, condition)
         for accumulator, parent in list(down.walk(ResidualAccumulator)):
+            assert isinstance(accumulator, ResidualAccumulator)  # walk(type) yields only that type
             n = accumulator.n
             residual = ControlResidual(n, layout[n][0], global_pool=pool, device=device, dtype=dtype)
             position = parent.children_names.index(parent.name_of(accumulator))
@@ -146,8 +147,11 @@ class ControlNetEncoder(Passthrough):
         """Initialise every layer as torch does, with zero convolutions (and the condition encoder's output
         convolution) at zero: the ControlNet then leaves the UNet's output unchanged, as at the start of training."""
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            if module is self:
+                continue
+            reset_parameters = getattr(module, "reset_parameters", None)
+            if reset_parameters is not None:
+                reset_parameters()
         with torch.no_grad():
             for convolution in [residual.convolution for residual in self.residuals] + [
                 self.condition_encoder.convolutions[-1]

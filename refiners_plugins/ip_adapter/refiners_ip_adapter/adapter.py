@@ -99,7 +99,11 @@ class IPAdapter:
         self.adapters: list[DecoupledCrossAttention] = []
         for layer_name in self.layer_names:
             cross_attention = modules[layer_name]
-            text_dim = modules[f"{layer_name}.to_k"].in_features
+            to_q, to_k = modules[f"{layer_name}.to_q"], modules[f"{layer_name}.to_k"]
+            # the map unwraps adapters: ``attn2`` is the UNet's CrossAttention, its projections are Linear
+            assert isinstance(cross_attention, rc.Attention)
+            assert isinstance(to_q, nn.Linear) and isinstance(to_k, nn.Linear)
+            text_dim = to_k.in_features
             if text_dim != token_dim:
                 raise AdapterError(
                     f"the image projection makes {token_dim}-wide tokens but {layer_name} reads {text_dim}-wide "
@@ -108,7 +112,7 @@ class IPAdapter:
             image = ImageCrossAttention(
                 name,
                 token_dim,
-                modules[f"{layer_name}.to_q"].out_features,
+                to_q.out_features,
                 cross_attention.num_heads,
                 scale=scale,
                 device=device,
@@ -182,7 +186,7 @@ class IPAdapter:
                 f"{len(expected)} cross-attentions need {_ranges(expected)}: this IP-Adapter was made for "
                 "another base model"
             )
-        assignments: list[tuple[nn.Module, torch.Tensor, str]] = []
+        assignments: list[tuple[rc.Linear, torch.Tensor, str]] = []
         for number, branch in zip(expected, adapter.image_attentions, strict=True):
             to_k, to_v = weights.attention[number]
             assignments.append((branch.to_k_ip, to_k, f"ip_adapter.{number}.to_k_ip.weight"))

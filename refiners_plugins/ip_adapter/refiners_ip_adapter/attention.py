@@ -143,7 +143,7 @@ class DecoupledCrossAttention(Sum, Adapter[nn.Module]):
         return self.layer("ImageCrossAttention", ImageCrossAttention)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        layer: nn.Module = next(iter(self._modules.values()))  # the target, or an adapter stacked on it
+        layer: nn.Module = next(iter(self._children.values()))  # the target, or an adapter stacked on it
         try:
             result = layer(query, key, value)
             layer = self.image_attention

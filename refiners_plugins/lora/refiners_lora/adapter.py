@@ -49,7 +49,7 @@ class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
         return lora
 
     def _base(self) -> nn.Module:
-        return next(iter(self._modules.values()))  # the target, or an adapter stacked on it
+        return next(iter(self._children.values()))  # the target, or an adapter stacked on it
 
     def _active(self) -> Iterator[Lora]:
         for module in self._modules.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -31,12 +33,12 @@ class Lora(rc.Chain):
     @property
     def down(self) -> nn.Module:
         """The projection to ``rank`` dimensions."""
-        return self._modules["down"]  # type: ignore[return-value]
+        return self._children["down"]
 
     @property
     def up(self) -> nn.Module:
         """The projection back to the target's output size."""
-        return self._modules["up"]  # type: ignore[return-value]
+        return self._children["up"]
 
     @property
     def effective_scale(self) -> float:
@@ -46,11 +48,16 @@ class Lora(rc.Chain):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x)) * self.effective_scale
 
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(down.weight, up.weight)``: both projections are weighted layers (Linear or Conv2d)."""
+        down, up = self.down.weight, self.up.weight
+        assert isinstance(down, torch.Tensor) and isinstance(up, torch.Tensor)
+        return down, up
+
     @torch.no_grad()
     def add_delta_to(self, weight: torch.Tensor, factor: float) -> None:
         """``weight += factor * up @ down`` in place, in ``weight``'s dtype (no temporary delta tensor)."""
-        down = self.down.weight  # type: ignore[union-attr]
-        up = self.up.weight  # type: ignore[union-attr]
+        down, up = self._weights()
         out_features = weight.shape[0]
         weight.view(out_features, -1).addmm_(
             up.reshape(out_features, self.rank).to(weight.dtype),
@@ -129,7 +136,7 @@ class Conv2dLora(Lora):
         stride: tuple[int, int] = (1, 1),
         padding: tuple[int, int] | str = (0, 0),
         dilation: tuple[int, int] = (1, 1),
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         alpha: float | None = None,
         scale: float = 1.0,
         device: torch.device | str | None = None,

@@ -283,10 +283,11 @@ class LoraManager:
 
     def state_dict_of(self, name: str) -> dict[Target, tuple[torch.Tensor, torch.Tensor, float]]:
         """``(down, up, alpha)`` of every layer of ``name`` by ``(component, module name)``."""
-        return {
-            target_key: (lora.down.weight.detach(), lora.up.weight.detach(), lora.alpha)  # type: ignore[union-attr]
-            for target_key, lora in self._require(name).items()
-        }
+        state: dict[Target, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        for target_key, lora in self._require(name).items():
+            down, up = lora._weights()
+            state[target_key] = (down.detach(), up.detach(), lora.alpha)
+        return state
 
     def save(self, name: str, path: str | Path, format: str = "diffusers") -> Path:
         """Write ``name`` to a safetensors file in ``format`` (``diffusers``, ``kohya`` or ``refiners``).

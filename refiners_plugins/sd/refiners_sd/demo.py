@@ -182,6 +182,7 @@ def write_tiny_lora(base: str | Path, path: str | Path, rank: int = 4, seed: int
         if not name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")):
             continue
         weight = layer.weight
+        assert isinstance(weight, torch.Tensor)  # the attention projections are Linear layers
         down = torch.randn(rank, weight.shape[1], generator=generator) * 0.3
         up = torch.randn(weight.shape[0], rank, generator=generator) * 0.3
         tensors[("unet", name)] = (down, up, float(rank))

@@ -37,7 +37,7 @@ def split_metadata(metadata: Mapping[str, str] | None) -> dict[str, dict[str, An
     if not metadata or METADATA_KEY not in metadata:
         return {}
     config = json.loads(metadata[METADATA_KEY])
-    prefixed = {component: {} for component in COMPONENTS}
+    prefixed: dict[str, dict[str, Any]] = {component: {} for component in COMPONENTS}
     found = False
     for key, value in config.items():
         component, _, field = key.partition(".")

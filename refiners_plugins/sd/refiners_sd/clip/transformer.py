@@ -168,7 +168,7 @@ def record_penultimate(transformer: CLIPTransformer, context: str, key: str = "p
 
 def transformer_layer_map(prefix: str, layer: TransformerLayer) -> dict[str, nn.Module]:
     """Map the transformers module names of one ``CLIPEncoderLayer`` (under ``prefix``) to our leaves."""
-    attention_branch, feedforward_branch = layer[0], layer[1]
+    attention_branch, feedforward_branch = layer.layer(0, Chain), layer.layer(1, Chain)
     attention = attention_branch.layer("SelfAttention.Attention", Chain)
     q, k, v = attention.layer("Distribute", Chain)
     feedforward = feedforward_branch.layer("FeedForward", Chain)

@@ -286,8 +286,11 @@ class StableDiffusionXL(LatentDiffusion):
             else:
                 negative, negative_pooled = self._encode(negative_prompt or "")
             embedding, pooled = torch.cat([negative, embedding]), torch.cat([negative_pooled, pooled])
-        cast = {"device": self.device, "dtype": self.dtype}
-        return Conditioning(text_embedding=embedding.to(**cast), pooled_text_embedding=pooled.to(**cast))
+        device, dtype = self.device, self.dtype
+        return Conditioning(
+            text_embedding=embedding.to(device=device, dtype=dtype),
+            pooled_text_embedding=pooled.to(device=device, dtype=dtype),
+        )
 
     def add_size_conditioning(self, conditioning: Conditioning, height: int, width: int) -> Conditioning:
         """Time ids ``(original H, W, crop top, left, target H, W)`` = ``(height, width, 0, 0, height, width)``."""

@@ -39,6 +39,7 @@ class DPMSolverPlusPlus2M(Solver):
 
     def _make_timesteps(self) -> torch.Tensor:
         steps, train = self.num_inference_steps, self.num_train_timesteps
+        values: np.ndarray  # float64 for linspace/trailing, int64 for leading; cast to int64 below
         if self.timestep_spacing == "linspace":
             values = np.linspace(0, train - 1, steps + 1).round()[::-1][:-1]
         elif self.timestep_spacing == "leading":

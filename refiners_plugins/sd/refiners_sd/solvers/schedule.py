@@ -54,6 +54,6 @@ def spaced_timesteps(
         values = np.linspace(0, num_train_timesteps - 1, num_inference_steps)
         return (values.round() if rounded else values)[::-1].copy()
     if spacing == "trailing":
-        ratio = num_train_timesteps / num_inference_steps
-        return np.arange(num_train_timesteps, 0, -ratio).round() - 1
+        stride = num_train_timesteps / num_inference_steps
+        return np.arange(num_train_timesteps, 0, -stride).round() - 1
     raise ValueError(f"unknown timestep spacing {spacing!r} (expected 'leading', 'linspace' or 'trailing')")
