@@ -21,19 +21,20 @@ def _lines(module: nn.Module) -> list[str]:
     lines = [_label(module)]
     children = list(module.named_children()) if _is_chain(module) else []
     # fold runs of structurally identical siblings into one entry with a count
-    groups: list[tuple[str, list[str], int]] = []
+    groups: list[tuple[str, str, list[str], int]] = []
     for name, child in children:
         body = _lines(child)
-        if groups and groups[-1][1] == body:
-            first, previous, count = groups[-1]
-            groups[-1] = (first, previous, count + 1)
+        if groups and groups[-1][2] == body:
+            first, _, previous, count = groups[-1]
+            groups[-1] = (first, name, previous, count + 1)
         else:
-            groups.append((name, body, 1))
-    for position, (name, body, count) in enumerate(groups):
+            groups.append((name, name, body, 1))
+    for position, (first, last_name, body, count) in enumerate(groups):
         last = position == len(groups) - 1
         branch, pad = ("└── ", "    ") if last else ("├── ", "│   ")
+        names = f"{first}..{last_name}" if count > 1 else first
         suffix = f" (x{count})" if count > 1 else ""
-        lines.append(f"{branch}{name}: {body[0]}{suffix}")
+        lines.append(f"{branch}{names}: {body[0]}{suffix}")
         lines.extend(pad + line for line in body[1:])
     return lines
 

@@ -153,7 +153,7 @@ def test_repr_prints_tree_and_folds_repeats() -> None:
     chain = rc.Chain(*[rc.Chain(rc.Linear(2, 2), rc.ReLU()) for _ in range(3)], rc.SiLU())
     text = repr(chain)
     assert text.splitlines()[0] == "(CHAIN) Chain()"
-    assert "Chain_1: (CHAIN) Chain() (x3)" in text
+    assert "Chain_1..Chain_3: (CHAIN) Chain() (x3)" in text
     assert "Linear: Linear(in_features=2, out_features=2, bias=True)" in text
     assert text.count("Linear(") == 1
     assert "└── SiLU: SiLU()" in text
