@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -92,6 +94,21 @@ def save_state_dict(
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
     save_file(tensors, str(path), metadata=dict(metadata) if metadata else None)
     return path
+
+
+def save_model_folder(
+    path: str | Path, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], weights_name: str
+) -> Path:
+    """Write a Hub-style model folder: ``config.json`` (sorted keys) and the safetensors file ``weights_name``.
+
+    The layout diffusers' and transformers' ``from_pretrained`` read (with their own key names in ``state_dict``).
+    Returns the folder.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_state_dict(state_dict, folder / weights_name, metadata={"format": "pt"})
+    return folder
 
 
 def format_keys(keys: list[str], limit: int = 20) -> str:

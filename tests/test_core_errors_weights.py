@@ -118,3 +118,14 @@ def test_safetensors_header_size_starting_with_0x80_is_not_mistaken_for_pickle(t
             break
     assert path.read_bytes()[0] == 0x80
     assert torch.equal(rc.load_state_dict(path)["weight"], torch.ones(2))
+
+
+def test_save_model_folder_writes_config_and_weights(tmp_path: Path) -> None:
+    import json
+
+    from refiners_core.weights import read_metadata, save_model_folder
+
+    folder = save_model_folder(tmp_path / "model", {"b": 1, "a": [2]}, {"w": torch.ones(2)}, "model.safetensors")
+    assert json.loads((folder / "config.json").read_text()) == {"a": [2], "b": 1}
+    assert torch.equal(rc.load_state_dict(folder / "model.safetensors")["w"], torch.ones(2))
+    assert read_metadata(folder / "model.safetensors") == {"format": "pt"}

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from refiners_core.weights import save_model_folder
+
 __all__ = [
     "DEMO_SCHEDULER_CONFIG",
     "DEMO_TEXT_CONFIG",
@@ -196,7 +198,6 @@ def write_tiny_controlnet(base: str | Path, folder: str | Path, seed: int = 2) -
     """
     from refiners_controlnet.model import ControlNet
 
-    from refiners_core.weights import save_state_dict
     from refiners_sd.unet.loading import load_unet
 
     unet = load_unet(Path(base) / "unet")
@@ -204,13 +205,8 @@ def write_tiny_controlnet(base: str | Path, folder: str | Path, seed: int = 2) -
     torch.manual_seed(seed)
     controlnet = ControlNet(unet, config, name="demo")
     _perturb(controlnet.encoder, torch.Generator().manual_seed(seed))
-    target = Path(folder)
-    target.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(controlnet.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    (target / "config.json").write_text(config_text, encoding="utf-8")
-    weights = target / "diffusion_pytorch_model.safetensors"
-    save_state_dict(controlnet.encoder.diffusers_state_dict(), weights, metadata={"format": "pt"})
-    return target
+    state = controlnet.encoder.diffusers_state_dict()
+    return save_model_folder(folder, controlnet.config.to_dict(), state, "diffusion_pytorch_model.safetensors")
 
 
 def write_tiny_t2i_adapter(base: str | Path, folder: str | Path, seed: int = 3) -> Path:

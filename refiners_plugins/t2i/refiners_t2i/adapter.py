@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import refiners_core as rc
 from refiners_core import Chain
 from refiners_core.errors import AdapterError, WeightsError
 from refiners_core.module_map import state_dict_by_module_map
-from refiners_core.weights import save_state_dict
+from refiners_core.weights import save_model_folder
 from refiners_t2i.config import ADAPTER_TYPES, T2IConfig, infer_config
 from refiners_t2i.encoder import T2IEncoder, diffusers_module_map, load_diffusers_weights
 from refiners_t2i.formats import detect_format, read_weights, tencentarc_to_diffusers
@@ -130,21 +129,14 @@ class T2IAdapter(Chain):
 
     def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
         """The network's weights under diffusers ``T2IAdapter`` names (``adapter.conv_in.weight``...)."""
-        return {
-            key: value.detach() for key, value in state_dict_by_module_map(diffusers_module_map(self.encoder)).items()
-        }
+        return state_dict_by_module_map(diffusers_module_map(self.encoder))
 
     def save_diffusers(self, path: str | Path) -> Path:
         """Write the adapter as a diffusers ``T2IAdapter`` folder (``config.json`` and
         ``diffusion_pytorch_model.safetensors``) and return the folder; :meth:`from_diffusers` reads it back."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        config_text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
-        (folder / "config.json").write_text(config_text, encoding="utf-8")
-        save_state_dict(
-            self.diffusers_state_dict(), folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"}
+        return save_model_folder(
+            path, self.config.to_dict(), self.diffusers_state_dict(), "diffusion_pytorch_model.safetensors"
         )
-        return folder
 
     @staticmethod
     def _resolve_config(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from refiners_core.module_map import state_dict_by_module_map
-from refiners_core.weights import save_state_dict
+from refiners_core.weights import save_model_folder
 from refiners_ip_adapter.image_encoder.loading import image_encoder_module_map
 from refiners_ip_adapter.image_encoder.model import CLIPImageEncoder
 
@@ -37,8 +36,7 @@ def transformers_config(encoder: CLIPImageEncoder) -> dict[str, Any]:
 
 def transformers_state_dict(encoder: CLIPImageEncoder) -> dict[str, torch.Tensor]:
     """The encoder's weights under transformers names (``vision_model.*``, ``visual_projection.weight``)."""
-    state = state_dict_by_module_map(image_encoder_module_map(encoder))
-    return {key: value.detach().contiguous() for key, value in state.items()}
+    return state_dict_by_module_map(image_encoder_module_map(encoder))
 
 
 def save_transformers(encoder: CLIPImageEncoder, path: str | Path) -> Path:
@@ -46,9 +44,4 @@ def save_transformers(encoder: CLIPImageEncoder, path: str | Path) -> Path:
 
     ``CLIPImageEncoder.from_transformers(path)`` (and transformers' ``from_pretrained``) read it back.
     """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(transformers_config(encoder), indent=2, sort_keys=True) + "\n"
-    (folder / "config.json").write_text(config_text, encoding="utf-8")
-    save_state_dict(transformers_state_dict(encoder), folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    return save_model_folder(path, transformers_config(encoder), transformers_state_dict(encoder), "model.safetensors")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refiners_core.weights import save_state_dict
+from refiners_core.module_map import state_dict_by_module_map
+from refiners_core.weights import save_model_folder
 from refiners_sd.clip.loading import TEXT_MODEL_PREFIX, text_encoder_module_map
 from refiners_sd.clip.text_encoder import CLIPTextEncoder
 
@@ -41,12 +41,13 @@ def transformers_config(encoder: CLIPTextEncoder) -> dict[str, Any]:
 
 def transformers_state_dict(encoder: CLIPTextEncoder) -> dict[str, torch.Tensor]:
     """The encoder's weights under transformers names (``text_model.`` prefix, ``text_projection`` at the top)."""
-    state: dict[str, torch.Tensor] = {}
-    for prefix, module in text_encoder_module_map(encoder).items():
-        full = prefix if prefix == PROJECTION else TEXT_MODEL_PREFIX + prefix
-        for name, tensor in module.state_dict().items():
-            state[f"{full}.{name}"] = tensor.detach().contiguous()
-    return state
+    module_map = text_encoder_module_map(encoder)
+    return state_dict_by_module_map(
+        {
+            (prefix if prefix == PROJECTION else TEXT_MODEL_PREFIX + prefix): module
+            for prefix, module in module_map.items()
+        }
+    )
 
 
 def save_transformers(encoder: CLIPTextEncoder, path: str | Path) -> Path:
@@ -54,9 +55,4 @@ def save_transformers(encoder: CLIPTextEncoder, path: str | Path) -> Path:
 
     ``CLIPTextEncoder.from_transformers(path)`` (and transformers' ``from_pretrained``) read it back.
     """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(transformers_config(encoder), indent=2, sort_keys=True) + "\n"
-    (folder / "config.json").write_text(config_text, encoding="utf-8")
-    save_state_dict(transformers_state_dict(encoder), folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    return save_model_folder(path, transformers_config(encoder), transformers_state_dict(encoder), "model.safetensors")

@@ -11,7 +11,7 @@ import torch
 
 from refiners_core import WeightsError
 from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
-from refiners_core.weights import load_tensors, save_state_dict
+from refiners_core.weights import load_tensors, save_model_folder
 from refiners_sd.unet.config import UNetConfig
 from refiners_sd.unet.mapping import diffusers_module_map
 from refiners_sd.unet.model import UNet
@@ -106,11 +106,7 @@ def save_diffusers(unet: UNet, path: str | Path, variant: str | None = None) -> 
 
     ``diffusers.UNet2DConditionModel.from_pretrained(path)`` reads it back. Returns the folder.
     """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     config = unet.config.to_dict()
     config.setdefault("_class_name", "UNet2DConditionModel")
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     name = f"{WEIGHTS_NAME}.{variant}.safetensors" if variant else f"{WEIGHTS_NAME}.safetensors"
-    save_state_dict(diffusers_state_dict(unet), folder / name, metadata={"format": "pt"})
-    return folder
+    return save_model_folder(path, config, diffusers_state_dict(unet), name)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refiners_core.weights import save_state_dict
+from refiners_core.module_map import state_dict_by_module_map
+from refiners_core.weights import save_model_folder
 from refiners_sd.vae.loading import WEIGHTS_NAME, autoencoder_module_map
 from refiners_sd.vae.model import AutoencoderKL
 
@@ -40,11 +40,7 @@ def diffusers_config(autoencoder: AutoencoderKL) -> dict[str, Any]:
 
 def diffusers_state_dict(autoencoder: AutoencoderKL) -> dict[str, torch.Tensor]:
     """The autoencoder's weights under diffusers names."""
-    state: dict[str, torch.Tensor] = {}
-    for prefix, module in autoencoder_module_map(autoencoder).items():
-        for name, tensor in module.state_dict().items():
-            state[f"{prefix}.{name}"] = tensor.detach().contiguous()
-    return state
+    return state_dict_by_module_map(autoencoder_module_map(autoencoder))
 
 
 def save_diffusers(autoencoder: AutoencoderKL, path: str | Path) -> Path:
@@ -52,10 +48,6 @@ def save_diffusers(autoencoder: AutoencoderKL, path: str | Path) -> Path:
 
     ``AutoencoderKL.from_diffusers(path)`` (and diffusers' ``from_pretrained``) read it back.
     """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(diffusers_config(autoencoder), indent=2, sort_keys=True) + "\n"
-    (folder / "config.json").write_text(config_text, encoding="utf-8")
-    weights = folder / f"{WEIGHTS_NAME}.safetensors"
-    save_state_dict(diffusers_state_dict(autoencoder), weights, metadata={"format": "pt"})
-    return folder
+    return save_model_folder(
+        path, diffusers_config(autoencoder), diffusers_state_dict(autoencoder), f"{WEIGHTS_NAME}.safetensors"
+    )
