@@ -93,6 +93,7 @@ _LAZY: dict[str, str] = {
     "load_state_dict": "refiners_core.weights",
     "save_state_dict": "refiners_core.weights",
     "load_tensors": "refiners_core.weights",
+    "save_model_folder": "refiners_core.weights",
     "load_by_module_map": "refiners_core.module_map",
     "convert_by_module_map": "refiners_core.module_map",
     "state_dict_by_module_map": "refiners_core.module_map",
@@ -162,4 +163,4 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
     from refiners_core.layers.sampling import Downsample, Interpolate, Upsample
     from refiners_core.module import Module, WeightedModule, get_parent
     from refiners_core.module_map import convert_by_module_map, load_by_module_map, state_dict_by_module_map
-    from refiners_core.weights import load_state_dict, load_tensors, save_state_dict
+    from refiners_core.weights import load_state_dict, load_tensors, save_model_folder, save_state_dict
