@@ -135,3 +135,40 @@ def test_save_transformers_round_trips_through_transformers(tmp_path: Path) -> N
         expected = model(pixels).image_embeds
         assert max_diff(reloaded(pixels).image_embeds, expected) < TOLERANCE
         assert torch.equal(ours(pixels), encoder(pixels))
+
+
+def test_weights_without_config_are_recognised_only_as_a_known_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refiners_ip_adapter.image_encoder import config as known
+
+    model, path = make_tiny_vision(tmp_path)
+    single = tmp_path / "alone" / "model.safetensors"
+    save_state_dict(load_tensors(path / "model.safetensors"), single)
+    with pytest.raises(WeightsError, match="match no known CLIP vision size"):
+        CLIPImageEncoder.from_transformers(single)
+    tiny = CLIPImageConfig.from_dict(json.loads((path / "config.json").read_text()))
+    monkeypatch.setattr(known, "KNOWN_CONFIGS", (known.CLIP_VIT_H, tiny))
+    encoder = CLIPImageEncoder.from_transformers(single)
+    assert encoder.config == tiny
+    pixels = torch.randn(1, 3, 30, 30, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert max_diff(encoder(pixels), model(pixels).image_embeds) < TOLERANCE
+    # an explicit config is never replaced by a recognised one
+    with pytest.raises(WeightsError, match="no config.json"):
+        CLIPImageEncoder.from_transformers(single, config=tmp_path / "missing.json")
+
+
+def test_real_vit_h_shapes_are_recognised() -> None:
+    from refiners_ip_adapter.image_encoder.config import CLIP_VIT_H, known_config_for
+    from refiners_ip_adapter.image_encoder.loading import image_encoder_module_map
+
+    from refiners_core import state_dict_by_module_map
+
+    encoder = CLIPImageEncoder(CLIP_VIT_H, device="meta")  # the sd15/clip-image-encoder-h catalog file's layout
+    shapes = {
+        key: tuple(value.shape) for key, value in state_dict_by_module_map(image_encoder_module_map(encoder)).items()
+    }
+    assert known_config_for(shapes) == CLIP_VIT_H
+    shapes["visual_projection.weight"] = (768, 1280)
+    assert known_config_for(shapes) is None

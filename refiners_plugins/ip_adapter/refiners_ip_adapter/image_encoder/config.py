@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIP_VIT_H", "CLIPImageConfig"]
+__all__ = ["CLIP_VIT_H", "KNOWN_CONFIGS", "CLIPImageConfig", "known_config_for"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,49 @@ class CLIPImageConfig:
 
 CLIP_VIT_H = CLIPImageConfig()
 """OpenCLIP ViT-H/14 vision tower with its 1024-wide projection."""
+
+KNOWN_CONFIGS: tuple[CLIPImageConfig, ...] = (CLIP_VIT_H,)
+"""Configs a weight file without ``config.json`` may be recognised as (from its tensor shapes)."""
+
+
+def _sizes(config: CLIPImageConfig) -> dict[str, Any]:
+    return {
+        "hidden_size": config.hidden_size,
+        "num_positions": config.num_positions,
+        "patch_size": config.patch_size,
+        "projection_dim": config.projection_dim,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+    }
+
+
+def _sizes_from_weights(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, Any] | None:
+    try:
+        hidden = shapes[f"{prefix}.embeddings.class_embedding"][0]
+        positions = shapes[f"{prefix}.embeddings.position_embedding.weight"][0]
+        patch = shapes[f"{prefix}.embeddings.patch_embedding.weight"][-1]
+        projection = shapes["visual_projection.weight"][0]
+        intermediate = shapes[f"{prefix}.encoder.layers.0.mlp.fc1.weight"][0]
+    except (KeyError, IndexError):
+        return None
+    marker = f"{prefix}.encoder.layers."
+    layers = {key[len(marker) :].split(".", 1)[0] for key in shapes if key.startswith(marker)}
+    return {
+        "hidden_size": hidden,
+        "num_positions": positions,
+        "patch_size": patch,
+        "projection_dim": projection,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": len(layers),
+    }
+
+
+def known_config_for(shapes: Mapping[str, tuple[int, ...]], prefix: str = "vision_model") -> CLIPImageConfig | None:
+    """The known config (:data:`KNOWN_CONFIGS`) whose every size matches these transformers-named tensor shapes.
+
+    Heads and activation cannot be read from shapes, which is why only known configs are recognised, never guessed.
+    """
+    sizes = _sizes_from_weights(shapes, prefix)
+    if sizes is None:
+        return None
+    return next((config for config in KNOWN_CONFIGS if _sizes(config) == sizes), None)

@@ -12,6 +12,7 @@ from torch import nn
 
 from refiners_core import WeightsError, load_tensors
 from refiners_core.module_map import load_by_module_map
+from refiners_ip_adapter.image_encoder import config as known
 from refiners_ip_adapter.image_encoder.config import CLIPImageConfig
 from refiners_ip_adapter.image_encoder.model import (
     ClassToken,
@@ -61,15 +62,22 @@ def _weights_and_config(path: Path, config: Any) -> tuple[Path, Any]:
     raise WeightsError(f"image encoder not found: {path}")
 
 
-def _read_config(config: Any) -> CLIPImageConfig:
+def _read_config(config: Any, state_dict: Mapping[str, torch.Tensor], explicit: bool) -> CLIPImageConfig:
     if isinstance(config, CLIPImageConfig):
         return config
     if isinstance(config, Mapping):
         return CLIPImageConfig.from_dict(config)
     config_path = Path(config)
-    if not config_path.is_file():
-        raise WeightsError(f"no config.json at {config_path}: pass config= (a CLIPImageConfig, mapping or path)")
-    return CLIPImageConfig.from_file(config_path)
+    if config_path.is_file():
+        return CLIPImageConfig.from_file(config_path)
+    if not explicit:  # weights alone (e.g. a catalog file): recognise a known size, never guess heads/activation
+        recognised = known.known_config_for({key: tuple(value.shape) for key, value in state_dict.items()}, PREFIX)
+        if recognised is not None:
+            return recognised
+    raise WeightsError(
+        f"no config.json at {config_path}, and the weights match no known CLIP vision size: "
+        "pass config= (a CLIPImageConfig, mapping or path)"
+    )
 
 
 def _infer_sizes(config: CLIPImageConfig, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
@@ -97,8 +105,8 @@ def load_image_encoder(
 ) -> E:
     """Build ``cls`` from the config and load the weights of ``path`` by name (see ``from_transformers``)."""
     weights_path, config_source = _weights_and_config(Path(path), config)
-    parsed = _read_config(config_source)
     state_dict = load_tensors(weights_path, device=device, dtype=dtype)
+    parsed = _read_config(config_source, state_dict, explicit=config is not None)
     _infer_sizes(parsed, state_dict, str(weights_path))
     reference = state_dict.get(f"{PREFIX}.embeddings.class_embedding")
     build_dtype = dtype or (reference.dtype if reference is not None else None)
