@@ -89,6 +89,24 @@ class Unflatten(Module):
         return f"dim={self.dim}"
 
 
+class SpatialSize(Module):
+    """``x.shape[2:]``: the spatial size of a ``[B, C, H, W]`` tensor (fed to ``Unflatten`` or ``Interpolate``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Size:
+        return x.shape[2:]
+
+
+class Contiguous(Module):
+    """Returns its input in contiguous memory (a copy only when it is not already).
+
+    Put after a ``Transpose``/``Unflatten`` that turns tokens back into an image: the resulting strided
+    (channels-last) view makes the following convolutions convert their weights on every call on CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous()
+
+
 class Transpose(Module):
     """Swaps two dimensions."""
 

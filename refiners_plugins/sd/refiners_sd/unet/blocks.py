@@ -13,6 +13,7 @@ from refiners_core import (
     Attention,
     Cat,
     Chain,
+    Contiguous,
     Conv2d,
     Downsample,
     Flatten,
@@ -28,6 +29,7 @@ from refiners_core import (
     SelfAttention,
     SetContext,
     SiLU,
+    SpatialSize,
     Sum,
     Transpose,
     Unflatten,
@@ -37,7 +39,6 @@ from refiners_core import (
 from refiners_sd.unet.layers import (
     ResidualAccumulator,
     SinusoidalEmbedding,
-    SpatialSize,
     UseResidual,
 )
 
@@ -250,8 +251,9 @@ class CrossAttentionBlock2d(Residual):
 
     Children: ``Parallel(Chain(GroupNorm, [Conv2d proj_in], Flatten, Transpose, [Linear_1 proj_in],
     CrossAttentionBlock..., [Linear_2 proj_out], Transpose), SpatialSize)``, ``Unflatten`` back to
-    ``[B, C, H, W]``, and ``[Conv2d proj_out]``. Projections are 1x1 convolutions, or Linear layers
-    with ``use_linear_projection``.
+    ``[B, C, H, W]``, ``Contiguous`` (the unflattened view is channels-last, which makes the next
+    convolutions re-layout their weights on every call), and ``[Conv2d proj_out]``. Projections are 1x1
+    convolutions, or Linear layers with ``use_linear_projection``.
     """
 
     def __init__(
@@ -277,7 +279,7 @@ class CrossAttentionBlock2d(Residual):
                 Linear(inner, channels, device=device, dtype=dtype),
                 Transpose(1, 2),
             )
-            super().__init__(Parallel(tokens, SpatialSize()), Unflatten(2))
+            super().__init__(Parallel(tokens, SpatialSize()), Unflatten(2), Contiguous())
         else:
             tokens = Chain(
                 GroupNorm(channels, num_groups, eps=1e-6, device=device, dtype=dtype),
@@ -290,6 +292,7 @@ class CrossAttentionBlock2d(Residual):
             super().__init__(
                 Parallel(tokens, SpatialSize()),
                 Unflatten(2),
+                Contiguous(),
                 Conv2d(inner, channels, 1, device=device, dtype=dtype),
             )
 

@@ -24,7 +24,6 @@ __all__ = [
     "ResidualAccumulator",
     "ResidualConcatenator",
     "SinusoidalEmbedding",
-    "SpatialSize",
     "UseResidual",
 ]
 
@@ -68,13 +67,6 @@ class SinusoidalEmbedding(Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, flip_sin_to_cos={self.flip_sin_to_cos}, freq_shift={self.freq_shift}"
-
-
-class SpatialSize(Module):
-    """Returns the spatial size ``x.shape[-2:]`` of its input (fed to ``Unflatten`` or ``Interpolate``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Size:
-        return x.shape[-2:]
 
 
 class ResetResiduals(Module):

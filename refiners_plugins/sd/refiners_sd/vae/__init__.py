@@ -2,7 +2,7 @@
 
 from refiners_sd.vae.config import SD15_SCALING_FACTOR, SDXL_SCALING_FACTOR, AutoencoderConfig
 from refiners_sd.vae.image import image_to_tensor, tensor_to_image, tensor_to_images
-from refiners_sd.vae.layers import Downsample, Pad, Resnet, SelfAttention2d, SpatialSize, Upsample
+from refiners_sd.vae.layers import Downsample, Pad, Resnet, SelfAttention2d, Upsample
 from refiners_sd.vae.model import AutoencoderKL, Decoder, Encoder, MiddleBlock, SD1Autoencoder, SDXLAutoencoder
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "SD1Autoencoder",
     "SDXLAutoencoder",
     "SelfAttention2d",
-    "SpatialSize",
     "Upsample",
     "image_to_tensor",
     "tensor_to_image",

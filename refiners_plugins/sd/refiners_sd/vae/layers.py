@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from refiners_core import (
     Chain,
+    Contiguous,
     Conv2d,
     Flatten,
     GroupNorm,
@@ -16,13 +17,14 @@ from refiners_core import (
     Residual,
     SelfAttention,
     SiLU,
+    SpatialSize,
     Sum,
     Transpose,
     Unflatten,
 )
 from refiners_core.module import Module
 
-__all__ = ["Downsample", "Pad", "Resnet", "SelfAttention2d", "SpatialSize", "Upsample"]
+__all__ = ["Downsample", "Pad", "Resnet", "SelfAttention2d", "Upsample"]
 
 NORM_EPS = 1e-6
 
@@ -40,13 +42,6 @@ class Pad(Module):
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}"
-
-
-class SpatialSize(Module):
-    """``x.shape[2:]``: the spatial size of a ``[B, C, H, W]`` tensor (fed to ``Unflatten``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Size:
-        return x.shape[2:]
 
 
 class Resnet(Sum):
@@ -102,6 +97,7 @@ class SelfAttention2d(Residual):
                 SpatialSize(),
             ),
             Unflatten(dim=2),
+            Contiguous(),
         )
 
 
