@@ -98,6 +98,7 @@ def test_spatial_size_and_contiguous() -> None:
     view = x.flatten(2).transpose(1, 2)  # [B, HW, C], not contiguous
     assert not view.is_contiguous()
     assert rc.Contiguous()(view).is_contiguous() and torch.equal(rc.Contiguous()(view), view)
-    image = rc.Unflatten(2)(view.transpose(1, 2), torch.Size([4, 5]))  # tokens back to an image: strided view
+    tokens = view.contiguous()  # [B, HW, C] as attention layers produce them
+    image = rc.Unflatten(2)(tokens.transpose(1, 2), torch.Size([4, 5]))  # back to an image: a strided view
     assert not image.is_contiguous() and rc.Contiguous()(image).is_contiguous()
     assert rc.Contiguous()(x) is x  # no copy when already contiguous
