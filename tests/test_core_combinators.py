@@ -102,3 +102,23 @@ def test_spatial_size_and_contiguous() -> None:
     image = rc.Unflatten(2)(tokens.transpose(1, 2), torch.Size([4, 5]))  # back to an image: a strided view
     assert not image.is_contiguous() and rc.Contiguous()(image).is_contiguous()
     assert rc.Contiguous()(x) is x  # no copy when already contiguous
+
+
+def test_weighted_leaves_initialise_like_torch_and_skip_init_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
+    for ours, theirs, args in (
+        (rc.Linear, torch.nn.Linear, (6, 4)),
+        (rc.Conv2d, torch.nn.Conv2d, (3, 4, 3)),
+        (rc.Embedding, torch.nn.Embedding, (5, 4)),
+    ):
+        torch.manual_seed(0)
+        mine = ours(*args)
+        torch.manual_seed(0)
+        reference = theirs(*args)
+        assert torch.equal(mine.weight, reference.weight)
+    calls: list[int] = []
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda *a, **k: calls.append(1))
+    rc.Linear(6, 4, device="meta")
+    rc.Conv2d(3, 4, 3, device="meta")
+    assert calls == []  # nothing to initialise on meta: weights are assigned when loaded
+    rc.Linear(6, 4)
+    assert calls == [1]

@@ -7,10 +7,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from refiners_core.module import WeightedModule
+from refiners_core.module import SkipInitOnMeta, WeightedModule
 
 
-class Conv2d(nn.Conv2d, WeightedModule):
+class Conv2d(SkipInitOnMeta, nn.Conv2d, WeightedModule):
     """2D convolution (``torch.nn.Conv2d``) as a refiners leaf."""
 
     def __init__(
@@ -42,7 +42,7 @@ class Conv2d(nn.Conv2d, WeightedModule):
         )
 
 
-class ConvTranspose2d(nn.ConvTranspose2d, WeightedModule):
+class ConvTranspose2d(SkipInitOnMeta, nn.ConvTranspose2d, WeightedModule):
     """2D transposed convolution (``torch.nn.ConvTranspose2d``) as a refiners leaf."""
 
     def __init__(

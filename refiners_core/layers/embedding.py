@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refiners_core.module import WeightedModule
+from refiners_core.module import SkipInitOnMeta, WeightedModule
 
 
-class Embedding(nn.Embedding, WeightedModule):
+class Embedding(SkipInitOnMeta, nn.Embedding, WeightedModule):
     """Index lookup table (``torch.nn.Embedding``)."""
 
     def __init__(

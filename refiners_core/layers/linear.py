@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refiners_core.module import WeightedModule
+from refiners_core.module import SkipInitOnMeta, WeightedModule
 
 
-class Linear(nn.Linear, WeightedModule):
+class Linear(SkipInitOnMeta, nn.Linear, WeightedModule):
     """``y = x W^T + b`` (``torch.nn.Linear``) as a refiners leaf."""
 
     def __init__(

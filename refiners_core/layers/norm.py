@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refiners_core.module import WeightedModule
+from refiners_core.module import SkipInitOnMeta, WeightedModule
 
 
-class LayerNorm(nn.LayerNorm, WeightedModule):
+class LayerNorm(SkipInitOnMeta, nn.LayerNorm, WeightedModule):
     """Layer normalisation over the last dimension(s) (``torch.nn.LayerNorm``)."""
 
     def __init__(
@@ -25,7 +25,7 @@ class LayerNorm(nn.LayerNorm, WeightedModule):
         )
 
 
-class GroupNorm(nn.GroupNorm, WeightedModule):
+class GroupNorm(SkipInitOnMeta, nn.GroupNorm, WeightedModule):
     """Group normalisation over channels (``torch.nn.GroupNorm``); note the ``(channels, num_groups)`` order."""
 
     def __init__(

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from refiners_sd import SD1UNet, SDXLUNet, UNet, diffusers_module_map
+from refiners_sd import UNet, diffusers_module_map
 from refiners_sd.unet.blocks import DownBlocks, InputConv, MiddleBlock, TimestepEncoder
 from refiners_sd.unet.layers import ResetResiduals, ResidualAccumulator
+from refiners_sd.unet.model import build_unet_layers
 from torch import nn
 
 from refiners_controlnet.config import ControlNetConfig, check_compatible, residual_layout
@@ -73,8 +74,7 @@ class ControlNetEncoder(Passthrough):
     def __init__(
         self, config: ControlNetConfig, name: str, device: Device = None, dtype: torch.dtype | None = None
     ) -> None:
-        unet_class = SDXLUNet if config.unet.topology == "sdxl" else SD1UNet
-        source = unet_class(config.unet, device=device, dtype=dtype)  # only its encoder is kept
+        source = Chain(*build_unet_layers(config.unet, device=device, dtype=dtype, encoder_only=True))
         modules = {
             key: module
             for key, module in diffusers_module_map(source).items()

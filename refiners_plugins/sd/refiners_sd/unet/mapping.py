@@ -21,6 +21,7 @@ from refiners_sd.unet.config import UNetConfig
 if TYPE_CHECKING:
     from torch import nn
 
+    from refiners_core import Chain
     from refiners_sd.unet.model import UNet
 
 __all__ = [
@@ -133,14 +134,16 @@ def _layer_map(prefix: str, index: int, layer: Any) -> dict[str, nn.Module]:
     return mapping
 
 
-def diffusers_module_map(unet: UNet, leaves_only: bool = True) -> dict[str, nn.Module]:
+def diffusers_module_map(unet: Chain, leaves_only: bool = True) -> dict[str, nn.Module]:
     """``{diffusers module name: layer}`` for every weighted layer of ``unet`` (Linear, Conv2d, norms).
 
     With ``leaves_only=False`` the containers are included too: ``down_blocks.0.resnets.1`` (a
     ``ResidualBlock``), ``...attentions.0`` (``CrossAttentionBlock2d``), ``...transformer_blocks.0``
     (``CrossAttentionBlock``), ``...attn1`` (the self ``Attention``), ``...attn2`` (``CrossAttention``),
     ``...ff``, ``mid_block``, ``down_blocks.i``, ``up_blocks.i``, ``time_embedding``, ``add_embedding``.
-    Injected adapters are looked through (their targets are returned).
+    Injected adapters are looked through (their targets are returned). ``unet`` may also be any Chain
+    holding only the encoder half (``build_unet_layers(..., encoder_only=True)``, as a ControlNet does):
+    the up-path and output names are then absent.
     """
     from refiners_core import Sum
     from refiners_sd.unet.blocks import (
@@ -189,7 +192,8 @@ def diffusers_module_map(unet: UNet, leaves_only: bool = True) -> dict[str, nn.M
     mapping.update(_transformer_2d_map("mid_block.attentions.0", _get(middle, "CrossAttentionBlock2d")))
     mapping.update(_resnet_map("mid_block.resnets.1", _get(middle, "ResidualBlock_2")))
 
-    for block_index, block in enumerate(_typed(_typed(unet, UpBlocks)[0], UpBlock)):
+    up_blocks = _typed(unet, UpBlocks)
+    for block_index, block in enumerate(_typed(up_blocks[0], UpBlock) if up_blocks else []):
         prefix = f"up_blocks.{block_index}"
         mapping[prefix] = block
         for index, layer in enumerate(_typed(block, UpLayer)):
@@ -198,9 +202,9 @@ def diffusers_module_map(unet: UNet, leaves_only: bool = True) -> dict[str, nn.M
             mapping[f"{prefix}.upsamplers.0"] = layer
             mapping[f"{prefix}.upsamplers.0.conv"] = _get(layer, "Conv2d")
 
-    output = _typed(unet, OutputBlock)[0]
-    mapping["conv_norm_out"] = _get(output, "GroupNorm")
-    mapping["conv_out"] = _get(output, "Conv2d")
+    for output in _typed(unet, OutputBlock)[:1]:
+        mapping["conv_norm_out"] = _get(output, "GroupNorm")
+        mapping["conv_out"] = _get(output, "Conv2d")
     if leaves_only:
         return {name: module for name, module in mapping.items() if _is_weighted_leaf(module)}
     return mapping

@@ -58,7 +58,14 @@ def _unwrap(module: Any) -> Any:
     return module
 
 
-def _build_layers(config: UNetConfig, device: Device, dtype: torch.dtype | None) -> list[Chain | ResetResiduals]:
+def build_unet_layers(
+    config: UNetConfig, device: Device = None, dtype: torch.dtype | None = None, encoder_only: bool = False
+) -> list[Chain | ResetResiduals]:
+    """The children of a UNet for ``config``: ``ResetResiduals``, ``TimestepEncoder``, ``DownBlocks``,
+    ``MiddleBlock``, ``AddResidual``, ``UpBlocks``, ``OutputBlock``.
+
+    With ``encoder_only`` the up path and output block are not built (a ControlNet copies the encoder half).
+    """
     channels = config.block_out_channels
     groups, eps, time_dim = config.norm_num_groups, config.norm_eps, config.time_embedding_dim
     for value in channels:
@@ -127,6 +134,15 @@ def _build_layers(config: UNetConfig, device: Device, dtype: torch.dtype | None)
     middle = MiddleBlock(
         resnet(channels[-1], channels[-1]), attention(last, channels[-1]), resnet(channels[-1], channels[-1])
     )
+    encoder: list[Chain | ResetResiduals] = [
+        ResetResiduals(num_residuals),
+        TimestepEncoder(timestep),
+        DownBlocks(*down_blocks),
+        middle,
+        AddResidual(middle_index),
+    ]
+    if encoder_only:
+        return encoder
 
     # up path: reads the skips back in reverse order
     up_blocks: list[Chain] = []
@@ -148,11 +164,7 @@ def _build_layers(config: UNetConfig, device: Device, dtype: torch.dtype | None)
     assert skip == -1
 
     return [
-        ResetResiduals(num_residuals),
-        TimestepEncoder(timestep),
-        DownBlocks(*down_blocks),
-        middle,
-        AddResidual(middle_index),
+        *encoder,
         UpBlocks(*up_blocks),
         OutputBlock(channels[0], config.out_channels, groups, eps, device=device, dtype=dtype),
     ]
@@ -185,7 +197,7 @@ class UNet(Chain):
             )
         self.config = config
         self.num_residuals = count_residuals(config)
-        super().__init__(*_build_layers(config, device, dtype))
+        super().__init__(*build_unet_layers(config, device, dtype))
 
     def init_context(self) -> Contexts:
         """``unet.residuals`` (skip connections), ``diffusion`` (timestep...) and ``cross_attention_block``."""
