@@ -45,31 +45,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
+from unet_forward import materialise  # same directory: run as python bench/adapters.py
 
 LATENT = 8  # latent side of the parity check (conditions are 8x larger)
 TOKENS = 77
 IMAGE_EMBED_DIM = 1024  # CLIP ViT-H/14 image_embeds
 IP_TOKENS = 4  # tokens per image of the base IP-Adapter
 TOLERANCE = 1e-3  # relative to the largest output value
-
-
-@torch.no_grad()
-def materialise(model: nn.Module, seed: int) -> nn.Module:
-    """Give a meta-built model CPU storage: matrices and kernels ~ N(0, 1/fan_in), norm weights ~ 1, biases ~ 0."""
-    model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        if parameter.dim() >= 2:
-            parameter.normal_(0.0, 1.0 / math.sqrt(parameter[0].numel()), generator=generator)
-        elif name.endswith("weight"):  # GroupNorm / LayerNorm scales
-            parameter.normal_(1.0, 0.02, generator=generator)
-        else:
-            parameter.normal_(0.0, 0.02, generator=generator)
-    for buffer in model.buffers():
-        if buffer.is_floating_point():
-            buffer.zero_()
-    return model.eval()
 
 
 def build_unets() -> tuple[Any, Any]:
