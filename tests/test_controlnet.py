@@ -278,6 +278,17 @@ def test_diffusers_keys_single_file_round_trip(case: Case, tmp_path: Path) -> No
     again.eject()
 
 
+def test_save_diffusers_folder_loads_in_diffusers(case: Case, tmp_path: Path) -> None:
+    from diffusers import ControlNetModel
+
+    unet = case.unet()
+    folder = ControlNet.from_diffusers(unet, case.folders[0]).save_diffusers(tmp_path / "saved")
+    reloaded = ControlNetModel.from_pretrained(folder)
+    expected = case.controlnets[0].state_dict()
+    assert set(reloaded.state_dict()) == set(expected)
+    assert all(torch.equal(value, expected[key]) for key, value in reloaded.state_dict().items())
+
+
 # ---- errors: clear messages, UNet untouched -----------------------------------------------------------------
 
 

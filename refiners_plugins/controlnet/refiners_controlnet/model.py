@@ -41,6 +41,7 @@ from refiners_core import Adapter, AdapterError, Chain, Passthrough
 from refiners_core.context import root_of
 from refiners_core.module import get_parent
 from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
+from refiners_core.weights import save_model_folder
 
 __all__ = ["ControlNet", "ControlNetEncoder"]
 
@@ -273,6 +274,12 @@ class ControlNet(Chain, Adapter[ResetResiduals]):
     def encoder(self) -> ControlNetEncoder:
         """The :class:`ControlNetEncoder` (the network itself)."""
         return self["ControlNetEncoder"]  # type: ignore[return-value]
+
+    def save_diffusers(self, path: str | Path) -> Path:
+        """Write the network as a diffusers ``ControlNetModel`` folder (``config.json`` and
+        ``diffusion_pytorch_model.safetensors``) and return the folder; :meth:`from_diffusers` reads it back."""
+        state = self.encoder.diffusers_state_dict()
+        return save_model_folder(path, self.config.to_dict(), state, "diffusion_pytorch_model.safetensors")
 
     # ---- scale, guess mode, condition --------------------------------------------------------------
 

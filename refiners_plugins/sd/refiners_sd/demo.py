@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 
-from refiners_core.weights import save_model_folder
-
 __all__ = [
     "DEMO_SCHEDULER_CONFIG",
     "DEMO_TEXT_CONFIG",
@@ -205,8 +203,7 @@ def write_tiny_controlnet(base: str | Path, folder: str | Path, seed: int = 2) -
     torch.manual_seed(seed)
     controlnet = ControlNet(unet, config, name="demo")
     _perturb(controlnet.encoder, torch.Generator().manual_seed(seed))
-    state = controlnet.encoder.diffusers_state_dict()
-    return save_model_folder(folder, controlnet.config.to_dict(), state, "diffusion_pytorch_model.safetensors")
+    return controlnet.save_diffusers(folder)
 
 
 def write_tiny_t2i_adapter(base: str | Path, folder: str | Path, seed: int = 3) -> Path:
