@@ -32,6 +32,7 @@ __all__ = [
     "DecoupledCrossAttention",
     "ImageCrossAttention",
     "ImageKey",
+    "ImageTokenProjection",
     "ImageValue",
     "SelectQuery",
 ]
@@ -46,8 +47,8 @@ class SelectQuery(Module):
         return query
 
 
-class ImageKey(Chain):
-    """The image tokens (``ip_adapter`` context) through ``to_k_ip`` (no bias)."""
+class ImageTokenProjection(Chain):
+    """The image tokens (``ip_adapter`` context ``key``) through a bias-free Linear: base of the two branches."""
 
     def __init__(
         self,
@@ -62,20 +63,12 @@ class ImageKey(Chain):
         )
 
 
-class ImageValue(Chain):
-    """The image tokens (``ip_adapter`` context) through ``to_v_ip`` (no bias)."""
+class ImageKey(ImageTokenProjection):
+    """The image tokens through ``to_k_ip`` (no bias)."""
 
-    def __init__(
-        self,
-        key: str,
-        token_dim: int,
-        inner_dim: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            UseContext(IP_ADAPTER_CONTEXT, key), Linear(token_dim, inner_dim, bias=False, device=device, dtype=dtype)
-        )
+
+class ImageValue(ImageTokenProjection):
+    """The image tokens through ``to_v_ip`` (no bias)."""
 
 
 class ImageCrossAttention(Chain):
