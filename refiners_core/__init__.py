@@ -19,7 +19,16 @@ from refiners_core.errors import (
     WeightsError,
 )
 from refiners_core.lazy import lazy_exports
-from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
+from refiners_core.plugins.descriptors import (
+    TAKES_CONDITION_IMAGE,
+    TAKES_NOTHING,
+    TAKES_REFERENCE_IMAGE,
+    AdapterFamily,
+    BaseModelFamily,
+    DemoAsset,
+    NameResolver,
+    Resolved,
+)
 from refiners_core.plugins.hookspecs import hookimpl, hookspec
 from refiners_core.plugins.validation import RefinersPluginWarning
 
@@ -51,6 +60,16 @@ _LAZY: dict[str, str] = {
     "Adapter": "refiners_core.adapter",
     "inject_adapters": "refiners_core.adapter",
     "eject_adapters": "refiners_core.adapter",
+    "AdapterGroup": "refiners_core.adapter_group",
+    # contracts (protocols) and resolution through the hooks
+    "Pipeline": "refiners_core.contracts",
+    "LoadedAdapter": "refiners_core.contracts",
+    "ImageAdapter": "refiners_core.contracts",
+    "ImageInput": "refiners_core.contracts",
+    "load_base_model": "refiners_core.plugins.resolution",
+    "load_adapter": "refiners_core.plugins.resolution",
+    "ResolutionError": "refiners_core.plugins.resolution",
+    "image_to_tensor": "refiners_core.images",
     # layers
     "Linear": "refiners_core.layers.linear",
     "Conv2d": "refiners_core.layers.conv",
@@ -103,9 +122,15 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "AdapterError",
+    "TAKES_CONDITION_IMAGE",
+    "TAKES_NOTHING",
+    "TAKES_REFERENCE_IMAGE",
     "AdapterFamily",
     "BaseModelFamily",
     "ChainError",
+    "DemoAsset",
+    "NameResolver",
+    "Resolved",
     "ContextError",
     "PickleRefusedError",
     "PluginError",
@@ -125,6 +150,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 if TYPE_CHECKING:  # static analysers see every name eagerly
     from refiners_core.adapter import Adapter, eject_adapters, inject_adapters
+    from refiners_core.adapter_group import AdapterGroup
     from refiners_core.chain import Chain
     from refiners_core.combinators import (
         Breakpoint,
@@ -138,6 +164,8 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
         Sum,
     )
     from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext, provider_of
+    from refiners_core.contracts import ImageAdapter, ImageInput, LoadedAdapter, Pipeline
+    from refiners_core.images import image_to_tensor
     from refiners_core.layers.activations import GLU, ApproximateGeLU, GeLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
     from refiners_core.layers.attention import Attention, ScaledDotProductAttention, SelfAttention
     from refiners_core.layers.basics import (
@@ -167,4 +195,5 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
     from refiners_core.layers.sampling import Downsample, Interpolate, Upsample
     from refiners_core.module import Module, WeightedModule, get_parent
     from refiners_core.module_map import convert_by_module_map, load_by_module_map, state_dict_by_module_map
+    from refiners_core.plugins.resolution import ResolutionError, load_adapter, load_base_model
     from refiners_core.weights import load_state_dict, load_tensors, save_model_folder, save_state_dict

@@ -8,6 +8,7 @@ Public API (none of it imports torch):
 - ``reset_plugin_manager()``: forget it (tests, after installing a plugin).
 - ``adapter_families()`` / ``base_model_families()``: ``{name: descriptor}`` merged over plugins
   (aliases included for adapter families).
+- ``name_resolvers()``: every ``NameResolver`` (names that are not local paths -> local files).
 - ``catalog_sources()``: every catalog source returned by ``refiners_catalog_entries``, as
   ``(plugin_name, source)`` pairs.
 - ``plugin_reports()``: one ``PluginReport`` per discovered plugin, i.e. per entry point of group
@@ -17,7 +18,17 @@ Public API (none of it imports torch):
   (``REFINERS_STRICT_PLUGINS=1`` raises ``PluginError`` instead).
 """
 
-from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily, import_object
+from refiners_core.plugins.descriptors import (
+    TAKES_CONDITION_IMAGE,
+    TAKES_NOTHING,
+    TAKES_REFERENCE_IMAGE,
+    AdapterFamily,
+    BaseModelFamily,
+    DemoAsset,
+    NameResolver,
+    Resolved,
+    import_object,
+)
 from refiners_core.plugins.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from refiners_core.plugins.manager import (
     ENTRY_POINT_GROUP,
@@ -27,6 +38,7 @@ from refiners_core.plugins.manager import (
     base_model_families,
     catalog_sources,
     get_plugin_manager,
+    name_resolvers,
     plugin_reports,
     register_commands,
     reset_plugin_manager,
@@ -36,8 +48,14 @@ from refiners_core.plugins.validation import RefinersPluginWarning
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROJECT_NAME",
+    "TAKES_CONDITION_IMAGE",
+    "TAKES_NOTHING",
+    "TAKES_REFERENCE_IMAGE",
     "AdapterFamily",
     "BaseModelFamily",
+    "DemoAsset",
+    "NameResolver",
+    "Resolved",
     "PluginReport",
     "RefinersPluginManager",
     "RefinersPluginWarning",
@@ -48,6 +66,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "import_object",
+    "name_resolvers",
     "plugin_reports",
     "register_commands",
     "reset_plugin_manager",

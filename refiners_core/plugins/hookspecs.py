@@ -17,7 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
-    from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
+    from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily, NameResolver
 
 PROJECT_NAME = "refiners"
 
@@ -46,3 +46,11 @@ def refiners_catalog_entries() -> Iterable[Path | str | Mapping[str, Any]]:
 @hookspec
 def refiners_register_commands(cli: typer.Typer) -> None:
     """Add command groups to the ``refiners`` CLI, e.g. ``cli.add_typer(app, name="adapters")``."""
+
+
+@hookspec
+def refiners_name_resolvers() -> Iterable[NameResolver]:
+    """Return resolvers turning names that are not local paths into local files (the registry's catalog).
+
+    ``refiners generate --base NAME`` and ``--adapter FAMILY:NAME`` ask each resolver in plugin order.
+    """

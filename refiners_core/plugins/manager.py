@@ -28,7 +28,7 @@ from packaging.utils import canonicalize_name
 
 from refiners_core.errors import PluginError
 from refiners_core.plugins import hookspecs
-from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
+from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily, NameResolver
 from refiners_core.plugins.validation import (
     RefinersPluginWarning,
     contribution_problem,
@@ -248,6 +248,10 @@ class RefinersPluginManager(pluggy.PluginManager):
             self._base_models = self._merge("refiners_base_models", "base-model family", with_aliases=False)
         return dict(self._base_models)
 
+    def name_resolvers(self) -> list[NameResolver]:
+        """Every :class:`NameResolver` of loaded plugins, in plugin order."""
+        return [item for _, items in self.contributions("refiners_name_resolvers") for item in items]
+
     def catalog_sources(self) -> list[tuple[str, Any]]:
         """``[(plugin name, catalog source)]`` in plugin order."""
         sources: list[tuple[str, Any]] = []
@@ -417,6 +421,11 @@ def adapter_families() -> dict[str, AdapterFamily]:
 def base_model_families() -> dict[str, BaseModelFamily]:
     """``{name: BaseModelFamily}`` merged over loaded plugins (first plugin wins a clash)."""
     return get_plugin_manager().base_model_families()
+
+
+def name_resolvers() -> list[NameResolver]:
+    """Every name resolver of loaded plugins (the registry's catalog, ...), in plugin order."""
+    return get_plugin_manager().name_resolvers()
 
 
 def catalog_sources() -> list[tuple[str, Any]]:

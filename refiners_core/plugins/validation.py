@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from refiners_core.plugins import hookspecs
-from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily
+from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily, NameResolver
 
 CORE_DISTRIBUTION = "refiners-core"
 HOOK_PREFIX = "refiners_"
@@ -139,6 +139,7 @@ def contribution_problem(hook_name: str, result: Any, shape_only: bool = False) 
         "refiners_adapter_families": (AdapterFamily,),
         "refiners_base_models": (BaseModelFamily,),
         "refiners_catalog_entries": (str, PurePath, Mapping),
+        "refiners_name_resolvers": (NameResolver,),
     }
     if hook_name not in expected or result is None:
         return None
