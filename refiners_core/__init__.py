@@ -118,6 +118,7 @@ _LAZY: dict[str, str] = {
     "load_tensors": "refiners_core.weights",
     "save_model_folder": "refiners_core.weights",
     "cast_state_dict": "refiners_core.weights",
+    "load_weight_files": "refiners_core.weights",
     "find_weight_files": "refiners_core.model_folder",
     "is_pickle_name": "refiners_core.model_folder",
     "PICKLE_SUFFIXES": "refiners_core.model_folder",
@@ -212,6 +213,7 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
         cast_state_dict,
         load_state_dict,
         load_tensors,
+        load_weight_files,
         save_model_folder,
         save_state_dict,
     )

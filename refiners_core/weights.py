@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,20 @@ def load_tensors(
 
 
 load_state_dict = load_tensors
+
+
+def load_weight_files(
+    files: Iterable[str | Path],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files`` (the shards of one checkpoint, as :func:`find_weight_files` lists them) in one
+    state dict, each file read with :func:`load_tensors`."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_tensors(file, device=device, dtype=dtype, allow_pickle=allow_pickle))
+    return state
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

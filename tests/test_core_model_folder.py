@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from refiners_core import PickleRefusedError, WeightsError, find_weight_files, is_pickle_name
+from refiners_core import PickleRefusedError, WeightsError, find_weight_files, is_pickle_name, load_weight_files
 from refiners_core.weights import save_state_dict
 
 
@@ -37,6 +37,8 @@ def test_shards_from_index(tmp_path: Path) -> None:
     index = {"weight_map": {"a": first.name, "b": second.name, "c": first.name}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert find_weight_files(tmp_path) == [first, second]
+    save_state_dict({"v": torch.ones(2)}, second)
+    assert set(load_weight_files(find_weight_files(tmp_path))) == {"w", "v"}
     second.unlink()
     with pytest.raises(WeightsError, match="model-00002.safetensors"):
         find_weight_files(tmp_path)
