@@ -94,8 +94,6 @@ def find_weight_files(
             "to safetensors, or pass allow_pickle=True (uses torch.load(weights_only=True)) if you trust its source."
         )
     present = ", ".join(sorted(path.name for path in folder.iterdir())) or "nothing"
-    raise WeightsError(
-        f"no {what} in {folder}: looked for {', '.join(looked)} (or their .index.json shards)"
-        + (" or a single .safetensors file" if any_single_file else "")
-        + f"; found {present}"
-    )
+    wanted = [f"{', '.join(looked)} (or their .index.json shards)"] if looked else []
+    wanted += ["a single .safetensors file"] if any_single_file else []
+    raise WeightsError(f"no {what} in {folder}: looked for {' or '.join(wanted) or 'nothing'}; found {present}")

@@ -67,6 +67,9 @@ def test_single_file_fallback(tmp_path: Path) -> None:
     _write(tmp_path, "other.safetensors")
     with pytest.raises(WeightsError, match="single .safetensors file"):
         find_weight_files(tmp_path, any_single_file=True)
+    message = "looked for a single .safetensors file; found my-adapter.safetensors, other.safetensors"
+    with pytest.raises(WeightsError, match=message):
+        find_weight_files(tmp_path, (), any_single_file=True)
 
 
 def test_not_a_folder(tmp_path: Path) -> None:
