@@ -235,15 +235,21 @@ def verify(
 
 
 @adapters_app.command()
-def remove(name: Annotated[str, typer.Argument(help="Catalog name.")]) -> None:
-    """Remove an entry's files from the cache."""
+def remove(names: Annotated[list[str], typer.Argument(help="Catalog names (files they share go too).")]) -> None:
+    """Remove entries' files from the cache; a file another entry also lists stays."""
     with _errors():
         registry = _registry()
-        if not any(registry.local_paths(name).values()):
-            _err(f"{name} is not cached")
+        cached = [name for name in names if any(registry.local_paths(name).values())]
+        for name in names:
+            if name not in cached:
+                _err(f"{name} is not cached")
+        if not cached:
             return
-        freed = registry.remove(name)
-        sys.stdout.write(f"removed {name} ({_human(freed)} freed)\n")
+        for name in cached:
+            for path, others in registry.shared_files(name, together=names).items():
+                _err(f"kept {path} of {name}: also used by {', '.join(others)} (name them too to remove it)")
+        freed = registry.remove(*cached)
+        sys.stdout.write(f"removed {', '.join(cached)} ({_human(freed)} freed)\n")
 
 
 @cache_app.command("dir")
