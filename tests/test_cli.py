@@ -215,7 +215,7 @@ def refiners_register_commands(cli):
     raise KeyError(1)
 """
     make_plugin_dist("refiners-raises", raises)
-    completed = refiners("--version")
+    completed = refiners("--help")
     assert completed.returncode == 0
     assert "refiners: warning: plugin 'raises'" in completed.stderr
     assert "refiners_register_commands raised KeyError" in completed.stderr

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from refiners_core.text import printable
 from refiners_registry.catalog import CatalogEntry
 from refiners_registry.errors import RegistryError, exit_code_for
 
@@ -53,8 +54,13 @@ def _cache(offline: OfflineOption = False) -> None:
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(message.replace("\n", " ").strip() + "\n")
+    sys.stderr.write(printable(message).strip() + "\n")
     sys.stderr.flush()
+
+
+def _out(line: str) -> None:
+    """One line on stdout, control characters from catalogs or metadata escaped."""
+    sys.stdout.write(printable(line) + "\n")
 
 
 @contextmanager
@@ -90,18 +96,39 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _table(entries: list[CatalogEntry], registry: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _size(entry: CatalogEntry) -> str:
+    """Download size of an entry when the catalog gives every file's size, else ``-``."""
+    sizes = [f.size for f in entry.source.files if f.size is not None]
+    return _human(sum(sizes)) if len(sizes) == len(entry.source.files) else "-"
 
-    table = Table(box=None, header_style="bold")
-    for column in ("name", "family", "base model", "cached"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("description", overflow="fold")
-    for entry in entries:
-        cached = "yes" if registry.is_installed(entry.name) else ""
-        table.add_row(entry.name, entry.family, entry.base_model, cached, entry.description)
-    Console().print(table)
+
+def _table(entries: list[CatalogEntry], registry: Any) -> None:
+    """One line per entry; the description is cut to the terminal width (80 columns when not a terminal)."""
+    import shutil
+
+    headers = ("name", "family", "base", "size", "cached", "description")
+    rows = [
+        [
+            printable(cell)
+            for cell in (
+                entry.name,
+                entry.family,
+                entry.base_model,
+                _size(entry),
+                "yes" if registry.is_installed(entry.name) else "",
+                entry.description,
+            )
+        ]
+        for entry in entries
+    ]
+    widths = [max([len(headers[i]), *(len(row[i]) for row in rows)]) for i in range(len(headers) - 1)]
+    room = max(shutil.get_terminal_size((80, 24)).columns - sum(widths) - 2 * len(widths) - 1, 12)
+    for row in [list(headers), *rows]:
+        cells = [
+            cell.rjust(width) if i == 3 else cell.ljust(width) for i, width in enumerate(widths) for cell in [row[i]]
+        ]
+        description = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        sys.stdout.write(("  ".join([*cells, description])).rstrip() + "\n")
 
 
 @adapters_app.command("list")
@@ -154,6 +181,7 @@ def info(name: Annotated[str, typer.Argument(help="Catalog name.")], as_json: Js
             ("base model", entry.base_model),
             ("license", entry.license),
             ("tags", ", ".join(entry.tags) or "-"),
+            ("size", _size(entry)),
             ("requires", entry.requires or "-"),
             ("repository", entry.source.repo_id),
             ("revision", entry.source.revision),
@@ -162,7 +190,8 @@ def info(name: Annotated[str, typer.Argument(help="Catalog name.")], as_json: Js
         lines += [f"  {key:<11}{value}" for key, value in rows]
         for file, local in registry.local_paths(name).items():
             lines.append(f"  file       {file}  ({'cached: ' + str(local) if local else 'not cached'})")
-        sys.stdout.write("\n".join(lines) + "\n")
+        for line in lines:
+            _out(line)
 
 
 @adapters_app.command()
@@ -217,13 +246,13 @@ def verify(
             for check in result.files:
                 checked += 1
                 if check.status == "ok":
-                    sys.stdout.write(f"ok        {target}  {check.path}\n")
+                    _out(f"ok        {target}  {check.path}")
                 elif check.status == "missing":
                     missing += 1
-                    sys.stdout.write(f"missing   {target}  {check.path}\n")
+                    _out(f"missing   {target}  {check.path}")
                 else:
                     bad += 1
-                    sys.stdout.write(f"MISMATCH  {target}  {check.path}  want {check.want} got {check.got}\n")
+                    _out(f"MISMATCH  {target}  {check.path}  want {check.want} got {check.got}")
         if bad:
             _err(f"Error: {bad} file(s) do not match the catalog; run 'refiners adapters pull --force NAME'")
             raise typer.Exit(5)
@@ -249,7 +278,7 @@ def remove(names: Annotated[list[str], typer.Argument(help="Catalog names (files
             for path, others in registry.shared_files(name, together=names).items():
                 _err(f"kept {path} of {name}: also used by {', '.join(others)} (name them too to remove it)")
         freed = registry.remove(*cached)
-        sys.stdout.write(f"removed {', '.join(cached)} ({_human(freed)} freed)\n")
+        _out(f"removed {', '.join(cached)} ({_human(freed)} freed)")
 
 
 @cache_app.command("dir")
@@ -277,7 +306,7 @@ def cache_ls(as_json: JsonOption = False) -> None:
             return
         for row in rows:
             state = "" if row["complete"] else "  (partial)"
-            sys.stdout.write(f"{row['name']}  {_human(row['size'])}{state}  {row['paths'][0]}\n")
+            _out(f"{row['name']}  {_human(row['size'])}{state}  {row['paths'][0]}")
         _err(f"{len(rows)} cached entries, {_human(sum(r['size'] for r in rows))}")
 
 

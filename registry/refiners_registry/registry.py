@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from refiners_core.errors import RefinersWarning
 from refiners_registry.catalog import CatalogEntry, CatalogIssue, is_pickle_path, validate_commit
 from refiners_registry.download import (
     FileCheck,
@@ -38,7 +39,7 @@ __all__ = ["CatalogWarning", "Registry", "VerifyResult"]
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class CatalogWarning(UserWarning):
+class CatalogWarning(RefinersWarning):
     """A catalog entry was skipped, a catalog file was unreadable, or a name was shadowed."""
 
 
