@@ -199,7 +199,7 @@ def test_strict_mode_fails_the_cli(make_plugin_dist: MakePluginDist) -> None:
     env = {"REFINERS_STRICT_PLUGINS": "1", "REFINERS_LOAD_PLUGINS": "refiners-good,refiners-broken"}
     completed = refiners("plugins", env=env)
     assert completed.returncode == 1
-    assert completed.stderr.startswith("refiners: error: plugin 'broken' (distribution refiners-broken 1.0.0")
+    assert completed.stderr.startswith("Error: plugin 'broken' (distribution refiners-broken 1.0.0")
     assert "Traceback" not in completed.stderr
 
     env["REFINERS_LOAD_PLUGINS"] = "refiners-good"

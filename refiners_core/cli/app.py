@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             register_commands(app)
         except PluginError as error:
-            _error_line(f"refiners: error: {error}")
+            _error_line(f"Error: {error}")
             code = 1
         else:
             code = run_app(app, args)
