@@ -102,31 +102,23 @@ def _size(entry: CatalogEntry) -> str:
     return _human(sum(sizes)) if len(sizes) == len(entry.source.files) else "-"
 
 
-def _table(entries: list[CatalogEntry], registry: Any) -> None:
-    """One line per entry; the description is cut to the terminal width (80 columns when not a terminal)."""
+def _table(entries: list[CatalogEntry]) -> None:
+    """One line per entry; the description is cut to the terminal width (80 columns when not a terminal).
+
+    Only catalog data is shown (the cache is not read, which keeps listing fast): ``info``, ``cache ls``
+    and ``list --installed`` tell what is cached.
+    """
     import shutil
 
-    headers = ("name", "family", "base", "size", "cached", "description")
+    headers = ("name", "family", "base", "size", "description")
     rows = [
-        [
-            printable(cell)
-            for cell in (
-                entry.name,
-                entry.family,
-                entry.base_model,
-                _size(entry),
-                "yes" if registry.is_installed(entry.name) else "",
-                entry.description,
-            )
-        ]
+        [printable(cell) for cell in (entry.name, entry.family, entry.base_model, _size(entry), entry.description)]
         for entry in entries
     ]
     widths = [max([len(headers[i]), *(len(row[i]) for row in rows)]) for i in range(len(headers) - 1)]
     room = max(shutil.get_terminal_size((80, 24)).columns - sum(widths) - 2 * len(widths) - 1, 12)
     for row in [list(headers), *rows]:
-        cells = [
-            cell.rjust(width) if i == 3 else cell.ljust(width) for i, width in enumerate(widths) for cell in [row[i]]
-        ]
+        cells = [row[i].rjust(width) if i == 3 else row[i].ljust(width) for i, width in enumerate(widths)]
         description = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
         sys.stdout.write(("  ".join([*cells, description])).rstrip() + "\n")
 
@@ -147,7 +139,7 @@ def list_(
         if as_json:
             _print_json([e.to_dict() for e in entries])
         else:
-            _table(entries, registry)
+            _table(entries)
 
 
 @adapters_app.command()
@@ -162,7 +154,7 @@ def search(
         if as_json:
             _print_json([e.to_dict() for e in entries])
         else:
-            _table(entries, registry)
+            _table(entries)
 
 
 @adapters_app.command()
