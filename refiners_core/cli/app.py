@@ -69,9 +69,13 @@ def plugin_warnings_to_stderr() -> Iterator[None]:
             finally:
                 pending = list(caught)
     finally:
+        shown: set[str] = set()
         for item in pending:
             if issubclass(item.category, RefinersWarning):
-                _error_line(f"refiners: warning: {item.message}")
+                message = str(item.message)
+                if message not in shown:  # the same catalog read twice in one command warns once
+                    shown.add(message)
+                    _error_line(f"refiners: warning: {message}")
             else:
                 warnings.showwarning(item.message, item.category, item.filename, item.lineno)
 
