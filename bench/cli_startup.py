@@ -3,8 +3,10 @@
 Usage: ``python bench/cli_startup.py [--runs N] [--compare PATH/TO/OTHER/refiners]``.
 
 Each command is a fresh process, run N times after one warm-up, all commands interleaved round by round
-(so a burst of load on a shared machine hits every row alike). The table gives the median and the
-minimum wall time and the overhead of each above bare Python. Rows:
+(so a burst of load on a shared machine hits every row alike). The table gives the median wall time,
+and the median CPU time (user + system of the child process), each with its overhead above bare
+Python. On a quiet machine both agree; on a loaded one wall time mostly measures waiting for a core,
+so compare CPU times there. Rows:
 
 - ``import typer`` / ``import typer, pydantic``: the floor every typer CLI pays (typer 0.2x validates
   parameter values through pydantic, imported on the first command line parsed);
@@ -20,6 +22,7 @@ minimum wall time and the overhead of each above bare Python. Rows:
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,11 +43,14 @@ def refiners_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "refiners_core.cli"]
 
 
-def wall_time(command: list[str]) -> float:
-    """Wall time in seconds of one run of ``command`` (its output discarded; it must succeed)."""
+def run_once(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one run of ``command`` (output discarded; it must succeed)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, capture_output=True, check=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -64,19 +70,22 @@ def main() -> None:
     for prefix, refiners in installations.items():
         for args in REFINERS_ARGS:
             commands[f"{prefix}refiners {' '.join(args)}"] = [*refiners, *args]
-    times: dict[str, list[float]] = {label: [] for label in commands}
+    walls: dict[str, list[float]] = {label: [] for label in commands}
+    cpus: dict[str, list[float]] = {label: [] for label in commands}
     for command in commands.values():
-        wall_time(command)  # warm-up: bytecode caches, page cache
+        run_once(command)  # warm-up: bytecode caches, page cache
     for _ in range(options.runs):
         for label, command in commands.items():
-            times[label].append(wall_time(command))
-    base_median = statistics.median(times["python -c pass"])
-    base_min = min(times["python -c pass"])
-    print(f"{options.runs} interleaved runs each; {' '.join(installations[''])}")
-    print(f"{'command':<40}{'median (s)':>11}{'over python':>13}{'min (s)':>9}{'over python':>13}")
-    for label, values in times.items():
-        median, low = statistics.median(values), min(values)
-        print(f"{label:<40}{median:>11.3f}{median - base_median:>13.3f}{low:>9.3f}{low - base_min:>13.3f}")
+            wall, cpu = run_once(command)
+            walls[label].append(wall)
+            cpus[label].append(cpu)
+    base_wall = statistics.median(walls["python -c pass"])
+    base_cpu = statistics.median(cpus["python -c pass"])
+    print(f"{options.runs} interleaved runs each, medians; {' '.join(installations[''])}")
+    print(f"{'command':<40}{'wall (s)':>10}{'over python':>13}{'cpu (s)':>10}{'over python':>13}")
+    for label in commands:
+        wall, cpu = statistics.median(walls[label]), statistics.median(cpus[label])
+        print(f"{label:<40}{wall:>10.3f}{wall - base_wall:>13.3f}{cpu:>10.3f}{cpu - base_cpu:>13.3f}")
     print(f"target: refiners plugins / adapters list at most {TARGET_OVERHEAD_S:.2f} s over python -c pass")
 
 

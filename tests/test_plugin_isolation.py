@@ -167,3 +167,12 @@ def test_hello_command_still_runs_through_the_central_entry_point(make_plugin_di
     assert refiners("hello", "world").stdout.strip() == "hello world"
     bad = refiners("hello", "world", "--nope")
     assert bad.returncode == 2 and bad.stderr.count("Error:") == 1 and "╭" not in bad.stderr
+
+
+def test_plugin_messages_are_shown_without_control_characters(make_plugin_dist: MakePluginDist) -> None:
+    make_plugin_dist("refiners-escapes", "raise ImportError('bad \\x1b]0;pwned\\x07 news\\nsecond line')\n")
+    completed = refiners("plugins")
+    assert completed.returncode == 0, completed.stderr
+    shown = completed.stdout + completed.stderr
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "bad \\x1b]0;pwned\\x07 news second line" in completed.stdout
