@@ -65,6 +65,14 @@ CASES: list[tuple[list[str], int]] = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _no_import_timeout_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` bounds plugin imports for the rest of the process; give later tests the default back."""
+    from refiners_core.plugins import manager
+
+    monkeypatch.setattr(manager, "_import_timeout", manager._import_timeout)
+
+
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     reset_plugin_manager()
     with pytest.raises(SystemExit) as exited:

@@ -113,6 +113,9 @@ def run_app(app: typer.Typer, args: Sequence[str]) -> int:
     except KeyboardInterrupt:
         _error_line("Error: interrupted")
         return 130
+    except BrokenPipeError:  # the reader went away (`refiners adapters list | head -1`): nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 141
     except RefinersError as error:
         _error_line(f"Error: {error}")
         return int(getattr(error, "exit_code", 1))
@@ -167,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = 1
         else:
             code = run_app(app, args)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`refiners adapters list | head -1`): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
     sys.exit(code)
 
 
