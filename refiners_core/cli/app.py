@@ -106,10 +106,12 @@ def run_app(app: typer.Typer, args: Sequence[str]) -> int:
     (default 1); an interruption exits 130; any other exception exits 1 without a traceback
     (``REFINERS_DEBUG=1`` shows it). Every command gets this, including those plugins add.
     """
+    from refiners_core.cli.fast_path import fast_invoker
     from refiners_core.errors import RefinersError
 
     try:
-        result = app(args=list(args), prog_name="refiners", standalone_mode=False)
+        fast = fast_invoker(app, args)  # the listing commands skip typer's parser (see fast_path)
+        result = fast() if fast is not None else app(args=list(args), prog_name="refiners", standalone_mode=False)
     except KeyboardInterrupt:
         _error_line("Error: interrupted")
         return 130
