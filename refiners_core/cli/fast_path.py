@@ -14,7 +14,6 @@ option, a parameter of any other kind) returns None, and typer parses the comman
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,33 +63,27 @@ def fast_invoker(app: Any, args: Sequence[str]) -> Callable[[], Any] | None:
 def _call(function: Callable[..., Any], args: Sequence[str]) -> Callable[[], Any] | None:
     """``function`` bound to the values ``args`` gives its options (defaults elsewhere), or None if not understood."""
     import typer.models
+    import typer.utils
 
-    try:
-        hints = typing.get_type_hints(function, include_extras=True)
-        parameters = inspect.signature(function).parameters.values()
+    try:  # typer's own reading of the signature (annotations, Annotated[...] and default styles)
+        parameters = typer.utils.get_params_from_function(function)
     except Exception:
         return None
     by_name: dict[str, tuple[str, bool]] = {}  # option name -> (parameter, is a flag)
     values: dict[str, Any] = {}
     checks: list[tuple[Callable[[Any], Any], str]] = []
-    for parameter in parameters:
-        hint, default = hints.get(parameter.name), parameter.default
-        info = default if isinstance(default, typer.models.OptionInfo) else None
-        if typing.get_origin(hint) is typing.Annotated:
-            hint, *extras = typing.get_args(hint)
-            info = next((e for e in extras if isinstance(e, typer.models.OptionInfo)), info)
-        if info is None or info.envvar is not None or info.prompt:
+    for name, parameter in parameters.items():
+        info, hint = parameter.default, parameter.annotation
+        if not isinstance(info, typer.models.OptionInfo) or info.envvar is not None or info.prompt:
             return None
         if info.callback is not None:  # typer calls it with the value; understood here for one-argument callbacks
             if args or len(inspect.signature(info.callback).parameters) != 1:
                 return None
-            checks.append((info.callback, parameter.name))
-        if isinstance(default, typer.models.OptionInfo):
-            default = info.default
-        names = [decl for decl in info.param_decls if decl.startswith("--")] or [
-            "--" + parameter.name.replace("_", "-")
-        ]
-        if len(names) != len(info.param_decls or names) or any("/" in name for name in names):
+            checks.append((info.callback, name))
+        default = info.default
+        decls = info.param_decls or ()
+        names = [decl for decl in decls if decl.startswith("--")] or ["--" + name.replace("_", "-")]
+        if len(names) != len(decls or names) or any("/" in option for option in names):
             return None
         if hint is bool and default is False:
             flag = True
@@ -98,16 +91,16 @@ def _call(function: Callable[..., Any], args: Sequence[str]) -> Callable[[], Any
             flag = False
         else:
             return None
-        values[parameter.name] = default
-        by_name.update((name, (parameter.name, flag)) for name in names)
+        values[name] = default
+        by_name.update((option, (name, flag)) for option in names)
     given: set[str] = set()
     rest = list(args)
     while rest:
         token = rest.pop(0)
-        name, equals, value = token.partition("=")
-        if name not in by_name:
+        option, equals, value = token.partition("=")
+        if option not in by_name:
             return None
-        target, flag = by_name[name]
+        target, flag = by_name[option]
         if target in given or (flag and equals):
             return None
         given.add(target)
