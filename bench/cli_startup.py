@@ -11,8 +11,13 @@ so compare CPU times there. Rows:
 - ``import typer`` / ``import typer, pydantic``: the floor every typer CLI pays (typer 0.2x validates
   parameter values through pydantic, imported on the first command line parsed);
 - ``refiners --version``: answered before any plugin is loaded;
-- ``refiners --help``, ``refiners plugins [--json]``, ``refiners adapters list``: discover and import every
-  installed plugin (entry points of group ``refiners``), build the command tree, run.
+- ``refiners --help``: discover and import every installed plugin (entry points of group ``refiners``),
+  build the command tree, parse the command line with typer (so pydantic is imported), run;
+- ``refiners plugins [--json]``, ``refiners adapters list``: the same discovery, import and command tree
+  (typer is imported: plugins add their commands to a typer app), but the command line is read by the
+  direct route of ``refiners_core.cli.fast_path``, so pydantic is not imported. Other command lines of
+  these commands (``--help``, a root option, anything not understood) go through typer and cost what
+  ``--help`` costs.
 
 ``--compare`` adds the same refiners rows for another installation (e.g. the previous checkout's
 ``.venv/bin/refiners``), measured in the same rounds. Target: ``refiners plugins`` and
