@@ -37,6 +37,22 @@ class CLIPTokenizer:
 
         return cls(TransformersCLIPTokenizer.from_pretrained(str(folder)), max_length=max_length)
 
+    @classmethod
+    def bundled(cls, pad_token: str = "<|endoftext|>", max_length: int = DEFAULT_MAX_LENGTH) -> CLIPTokenizer:
+        """CLIP's tokenizer built from the merges bundled with refiners-sd (no tokenizer folder, no network).
+
+        ``pad_token``: ``<|endoftext|>`` for Stable Diffusion 1.x and SDXL's first tokenizer, ``!`` for SDXL's
+        second one. Tokenizes exactly as transformers' ``CLIPTokenizer`` loaded from the same merges.
+        """
+        from transformers import CLIPTokenizer as TransformersCLIPTokenizer
+
+        from refiners_sd.clip.bpe import clip_bpe_vocabulary
+
+        vocabulary, merges = clip_bpe_vocabulary()
+        pairs = [tuple(merge.split(" ", 1)) for merge in merges]
+        tokenizer = TransformersCLIPTokenizer(vocab=dict(vocabulary), merges=pairs, pad_token=pad_token)
+        return cls(tokenizer, max_length=max_length)
+
     @property
     def pad_token_id(self) -> int:
         """Id of the padding token."""
