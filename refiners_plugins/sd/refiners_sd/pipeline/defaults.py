@@ -25,8 +25,10 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "skip_prk_steps": True,
     "clip_sample": False,
     "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
 }
-"""Stable Diffusion 1.5's ``scheduler/scheduler_config.json``."""
+"""Stable Diffusion 1.5's ``scheduler/scheduler_config.json``, with ``timestep_spacing`` set to the value its
+scheduler class (PNDM) defaults to, so that solvers built from it space steps the same way."""
 
 SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
