@@ -24,7 +24,6 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from refiners_core import PickleRefusedError, WeightsError
 from refiners_sd.clip.bpe import write_tokenizer_files
 from refiners_sd.pipeline.defaults import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG
 from refiners_sd.single_file.names import diffusers_vae_to_ldm, transformers_to_open_clip
@@ -32,6 +31,8 @@ from refiners_sd.unet.mapping import diffusers_to_ldm_name
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from transformers import CLIPTokenizer as TransformersCLIPTokenizer
+
+from refiners_core import PickleRefusedError, WeightsError
 
 TOLERANCE = 1e-3
 SIZE = 64
@@ -140,7 +141,9 @@ def single_file_tensors(pipeline: Any, sdxl: bool, ema: bool = False) -> dict[st
             "model_ema." + key.removeprefix("model.").replace(".", ""): value + 1.0 for key, value in tensors.items()
         }
         tensors |= {"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000)}
-    tensors |= {"first_stage_model." + key: value for key, value in diffusers_vae_to_ldm(pipeline.vae.state_dict()).items()}
+    tensors |= {
+        "first_stage_model." + key: value for key, value in diffusers_vae_to_ldm(pipeline.vae.state_dict()).items()
+    }
     text_prefix = "conditioner.embedders.0.transformer." if sdxl else "cond_stage_model.transformer."
     tensors |= {text_prefix + key: value for key, value in _text_l_tensors(pipeline.text_encoder).items()}
     tensors[text_prefix + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
@@ -285,7 +288,9 @@ def test_ema_copies_are_accepted_and_unused(sd15: tuple[Any, Path, Path], tmp_pa
 
 def test_clip_keys_without_text_model_prefix(sd15: tuple[Any, Path, Path], tmp_path: Path) -> None:
     original, _, file = sd15
-    tensors = {k.replace("transformer.text_model.", "transformer."): v for k, v in single_file_tensors(original, False).items()}
+    tensors = {
+        k.replace("transformer.text_model.", "transformer."): v for k, v in single_file_tensors(original, False).items()
+    }
     save_file(tensors, str(tmp_path / "bare.safetensors"))
     bare = refiners_sd.load_pipeline(tmp_path / "bare.safetensors")
     reference = refiners_sd.load_pipeline(file)

@@ -50,7 +50,8 @@ class CLIPTokenizer:
 
         vocabulary, merges = clip_bpe_vocabulary()
         pairs = [tuple(merge.split(" ", 1)) for merge in merges]
-        tokenizer = TransformersCLIPTokenizer(vocab=dict(vocabulary), merges=pairs, pad_token=pad_token)
+        # the tokenizers backend wants (left, right) pairs, whatever the annotation says
+        tokenizer = TransformersCLIPTokenizer(vocab=dict(vocabulary), merges=pairs, pad_token=pad_token)  # type: ignore[arg-type]
         return cls(tokenizer, max_length=max_length)
 
     @property

@@ -45,7 +45,9 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
     return sorted({int(match.group(1)) for key in shapes if (match := regex.match(key))})
 
 
-def unet_config(shapes: Shapes, architecture: Architecture, source: str, pooled_dim: int | None = None) -> dict[str, Any]:
+def unet_config(
+    shapes: Shapes, architecture: Architecture, source: str, pooled_dim: int | None = None
+) -> dict[str, Any]:
     """A diffusers UNet ``config.json`` mapping for the LDM-named UNet tensors ``shapes`` (no prefix).
 
     ``pooled_dim``: SDXL's pooled text width (bigG's projection), which splits ``label_emb``'s input

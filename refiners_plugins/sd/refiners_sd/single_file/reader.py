@@ -124,7 +124,7 @@ class CheckpointFile:
                 entry = self._entries[key]
                 buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
                 handle.seek(self._data_offset + entry.start)
-                view = memoryview(buffer.numpy())
+                view = memoryview(buffer.numpy())  # type: ignore[arg-type]
                 done = 0
                 while done < len(view):
                     count = handle.readinto(view[done:])

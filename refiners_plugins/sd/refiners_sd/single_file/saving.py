@@ -15,7 +15,7 @@ from refiners_core.module_map import state_dict_by_module_map
 from refiners_core.weights import save_state_dict
 from refiners_sd.clip.saving import transformers_state_dict
 from refiners_sd.pipeline.stable_diffusion import StableDiffusion1, StableDiffusionXL
-from refiners_sd.single_file.layout import COMPONENT_PREFIXES
+from refiners_sd.single_file.layout import COMPONENT_PREFIXES, Architecture
 from refiners_sd.single_file.names import diffusers_vae_to_ldm, transformers_to_open_clip
 from refiners_sd.unet.mapping import ldm_module_map
 from refiners_sd.vae.loading import autoencoder_module_map
@@ -29,7 +29,7 @@ def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.
 
 def single_file_state_dict(pipeline: StableDiffusion1 | StableDiffusionXL) -> dict[str, torch.Tensor]:
     """Every weight of ``pipeline`` under its single-file name (tensors shared with the models, not copied)."""
-    architecture = "sdxl" if isinstance(pipeline, StableDiffusionXL) else "sd15"
+    architecture: Architecture = "sdxl" if isinstance(pipeline, StableDiffusionXL) else "sd15"
     prefixes = COMPONENT_PREFIXES[architecture]
     tensors = _prefixed(prefixes["unet"], state_dict_by_module_map(ldm_module_map(pipeline.unet)))
     vae = diffusers_vae_to_ldm(state_dict_by_module_map(autoencoder_module_map(pipeline.autoencoder)))
