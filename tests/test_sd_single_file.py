@@ -410,3 +410,21 @@ def test_bundled_tokenizer_equals_transformers(tmp_path: Path, pad_token: str) -
     long = ours(PROMPTS[-1])[0]
     assert long.shape == (77,) and long[-1].item() == 49407
     assert ours("")[0, 2].item() == (49407 if pad_token == "<|endoftext|>" else 0)
+
+
+def test_lazy_exports_agree_with_type_checking_imports() -> None:
+    import ast
+    import importlib
+
+    source = Path(refiners_sd.__file__).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    imported = {
+        alias.asname or alias.name: node.module
+        for node in ast.walk(guarded)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert set(imported) == set(refiners_sd._LAZY)
+    for name, module in refiners_sd._LAZY.items():
+        assert getattr(importlib.import_module(module), name) is getattr(refiners_sd, name), name
