@@ -6,15 +6,17 @@ diffusers config folder that keeps diffusers offline; see ``bench/single_file.py
 1. **parity**, in float16 and in bfloat16: both libraries load the same file (``refiners_sd.load_pipeline``,
    diffusers ``from_single_file(FILE, config=FOLDER)``); one UNet forward on the same inputs and a 3-step
    generation (same prompt, scheduler and seed) are compared: max |ours - diffusers| / max |diffusers|;
-2. **speed**, in float16: single-file load onto the device, UNet forward (batch 2, guidance), a ``--steps``
-   generation at 512 px (SD1.5) / 1024 px (SDXL) in iterations per second, and fusing a random rank-8
+2. **speed**, in float16 (the first of ``--dtypes``): single-file load onto the device, UNet forward
+   (batch 2, guidance), a ``--steps`` generation at 512 px (SD1.5) / 1024 px (SDXL) in iterations per second, and fusing a random rank-8
    kohya LoRA into the UNet (``LoraManager.add`` + ``fuse`` vs ``load_lora_weights`` + ``fuse_lora``).
 
 One table is printed. ``--tiny`` uses tiny models, 64 px and 2 steps, so that ``python bench/gpu.py --tiny
---device cpu`` runs in seconds (the test suite runs it that way). Needs torch, transformers, diffusers,
+--device cpu`` runs in seconds (the test suite runs it that way; on the CPU the default dtype is float32,
+float16 kernels being very slow there). Needs torch, transformers, diffusers,
 safetensors, peft and this project installed; no network.
 
-Run: ``python bench/gpu.py [--device cuda] [--tiny] [--steps 30] [--repeats 5] [--dir /tmp/refiners-bench]``
+Run: ``python bench/gpu.py [--device cuda] [--tiny] [--dtypes float16 bfloat16] [--steps 30] [--repeats 5]
+[--models sd15 sdxl] [--dir /tmp/refiners-bench]``. Exits with status 1 when a parity check fails.
 """
 
 from __future__ import annotations
@@ -157,6 +159,45 @@ def lora_fuse_seconds(ours: Any, theirs: Any, device: torch.device) -> tuple[flo
     return ours_seconds, theirs_seconds
 
 
+def check(
+    architecture: str,
+    file: Path,
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    steps: int,
+    repeats: int,
+    speed: bool,
+) -> tuple[str, list[str]]:
+    """One parity row for ``dtype``, and with ``speed`` the speed rows."""
+    ours, theirs, ours_load, theirs_load = load_both(architecture, file, folder, device, dtype)
+    inputs = unet_inputs(ours, size // 8, device, dtype)
+    unet_error = relative_error(ours_unet(ours, inputs), diffusers_unet(theirs, inputs))
+    generate_error = relative_error(ours_generate(ours, 3, size), diffusers_generate(theirs, 3, size))
+    tolerance = PARITY_TOLERANCE[dtype]
+    verdict = "ok" if max(unet_error, generate_error) < tolerance else "FAIL"
+    name = str(dtype).removeprefix("torch.")
+    parity = f"| {architecture} | {name} | {unet_error:.1e} | {generate_error:.1e} | {tolerance:.0e} | {verdict} |"
+    if not speed:
+        return parity, []
+    unet_ours = median_time(device, lambda: ours_unet(ours, inputs), repeats)
+    unet_theirs = median_time(device, lambda: diffusers_unet(theirs, inputs), repeats)
+    generate_ours = timed(device, lambda: ours_generate(ours, steps, size))[0]
+    generate_theirs = timed(device, lambda: diffusers_generate(theirs, steps, size))[0]
+    fuse_ours, fuse_theirs = lora_fuse_seconds(ours, theirs, device)
+    rows = []
+    for step, mine, reference, unit in (
+        ("single-file load", ours_load, theirs_load, "s"),
+        (f"UNet forward, batch 2, {size // 8}x{size // 8} latents", unet_ours, unet_theirs, "s"),
+        (f"generate {steps} steps at {size} px", steps / generate_ours, steps / generate_theirs, "it/s"),
+        ("LoRA rank 8 load + fuse", fuse_ours, fuse_theirs, "s"),
+    ):
+        ratio = reference / mine if unit == "s" else mine / reference
+        rows.append(f"| {architecture} | {step} | {mine:.3f} {unit} | {reference:.3f} {unit} | {ratio:.2f}x |")
+    return parity, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -164,6 +205,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="generation steps (default 30, tiny 2)")
     parser.add_argument("--repeats", type=int, default=None, help="UNet forward repeats (default 5, tiny 1)")
     parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl"])
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=["float16", "bfloat16", "float32"], default=None,
+        help="parity dtypes, speed in the first (default: float16 bfloat16 on cuda, float32 on cpu)",
+    )  # fmt: skip
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "refiners-bench")
     args = parser.parse_args()
 
@@ -174,6 +219,8 @@ def main() -> None:
     device = torch.device(args.device)
     steps = args.steps or (2 if args.tiny else 30)
     repeats = args.repeats or (1 if args.tiny else 5)
+    names = args.dtypes or (["float16", "bfloat16"] if device.type == "cuda" else ["float32"])
+    dtypes = [getattr(torch, name) for name in names]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"{name}, torch {torch.__version__}, diffusers {diffusers.__version__}"
@@ -181,47 +228,22 @@ def main() -> None:
     )
     parity_rows: list[str] = []
     speed_rows: list[str] = []
-    failures = 0
     for architecture in args.models:
         file, folder = write_checkpoint(architecture, args.dir, tiny=args.tiny)
         size = 64 if args.tiny else (1024 if architecture == "sdxl" else 512)
-        for dtype in (torch.float16, torch.bfloat16):
-            ours, theirs, ours_load, theirs_load = load_both(architecture, file, folder, device, dtype)
-            inputs = unet_inputs(ours, size // 8, device, dtype)
-            unet_error = relative_error(ours_unet(ours, inputs), diffusers_unet(theirs, inputs))
-            generate_error = relative_error(ours_generate(ours, 3, size), diffusers_generate(theirs, 3, size))
-            tolerance = PARITY_TOLERANCE[dtype]
-            verdict = "ok" if max(unet_error, generate_error) < tolerance else "FAIL"
-            failures += verdict == "FAIL"
-            dtype_name = str(dtype).removeprefix("torch.")
-            parity_rows.append(
-                f"| {architecture} | {dtype_name} | {unet_error:.1e} | {generate_error:.1e} | {tolerance:.0e} | {verdict} |"
-            )
-            if dtype == torch.float16:
-                unet_ours = median_time(device, lambda: ours_unet(ours, inputs), repeats)
-                unet_theirs = median_time(device, lambda: diffusers_unet(theirs, inputs), repeats)
-                gen_ours = timed(device, lambda: ours_generate(ours, steps, size))[0]
-                gen_theirs = timed(device, lambda: diffusers_generate(theirs, steps, size))[0]
-                fuse_ours, fuse_theirs = lora_fuse_seconds(ours, theirs, device)
-                for step, mine, reference, unit in (
-                    ("single-file load", ours_load, theirs_load, "s"),
-                    (f"UNet forward, batch 2, {size // 8}x{size // 8} latents", unet_ours, unet_theirs, "s"),
-                    (f"generate {steps} steps at {size} px", steps / gen_ours, steps / gen_theirs, "it/s"),
-                    ("LoRA rank 8 load + fuse", fuse_ours, fuse_theirs, "s"),
-                ):
-                    ratio = reference / mine if unit == "s" else mine / reference
-                    speed_rows.append(
-                        f"| {architecture} | {step} | {mine:.3f} {unit} | {reference:.3f} {unit} | {ratio:.2f}x |"
-                    )
-            del ours, theirs
+        for index, dtype in enumerate(dtypes):
+            parity, speed = check(architecture, file, folder, device, dtype, size, steps, repeats, index == 0)
+            parity_rows.append(parity)
+            speed_rows += speed
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    failures = sum(row.endswith("FAIL |") for row in parity_rows)
     print()
     print("| model | dtype | UNet forward rel. error | 3-step latents rel. error | tolerance | parity |")
     print("|---|---|---:|---:|---:|---|")
     print("\n".join(parity_rows))
     print()
-    print("| model | step (float16) | ours | diffusers | ours faster by |")
+    print(f"| model | step ({names[0]}) | ours | diffusers | ours faster by |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(speed_rows))
     if failures:

@@ -308,7 +308,9 @@ def main() -> None:
     for architecture in args.models:
         start = time.perf_counter()
         file, folder = write_checkpoint(architecture, args.dir, tiny=args.tiny)
-        print(f"- {architecture}: {file} ({gib(file.stat().st_size)} GiB), ready in {time.perf_counter() - start:.0f} s")
+        print(
+            f"- {architecture}: {file} ({gib(file.stat().st_size)} GiB), ready in {time.perf_counter() - start:.0f} s"
+        )
         warm(file)
         results: dict[str, list[dict[str, Any]]] = {"ours": [], "diffusers": []}
         for _ in range(args.repeats):
@@ -339,4 +341,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -428,3 +428,16 @@ def test_lazy_exports_agree_with_type_checking_imports() -> None:
     assert set(imported) == set(refiners_sd._LAZY)
     for name, module in refiners_sd._LAZY.items():
         assert getattr(importlib.import_module(module), name) is getattr(refiners_sd, name), name
+
+
+def test_gpu_bench_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+    command = [sys.executable, str(script), "--tiny", "--device", "cpu", "--dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| sd")]
+    assert [row.split(" | ")[-1] for row in rows[:2]] == ["ok |", "ok |"]  # parity of sd15 and sdxl
+    assert sum("LoRA rank 8 load + fuse" in row for row in rows) == 2

@@ -1,9 +1,9 @@
 """Open a single-file checkpoint: key names and shapes from the header alone, tensors read on demand.
 
-A safetensors file is read with plain reads into freshly allocated tensors, one tensor at a time, then
-moved to the requested device and dtype: the file is never mapped as a whole, so the process holds the
-loaded model plus at most one tensor in flight. A pickled ``.ckpt`` (opt-in only) goes through
-``torch.load(weights_only=True, mmap=True)``; a nested ``state_dict`` is unwrapped.
+A safetensors file is memory-mapped (copy-on-write) and each tensor is moved to the requested device and
+dtype one at a time: on the CPU in the file's dtype the model's weights are the file's pages (no copy at
+all); otherwise the process holds the loaded model plus at most one tensor in flight. A pickled ``.ckpt``
+(opt-in only) goes through ``torch.load(weights_only=True, mmap=True)``; a nested ``state_dict`` is unwrapped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from refiners_core import PickleRefusedError, WeightsError
 from refiners_core.weights import PICKLE_SUFFIXES
@@ -107,8 +108,6 @@ class CheckpointFile:
 
     path: Path
     shapes: dict[str, tuple[int, ...]]
-    _entries: dict[str, _Entry] = field(default_factory=dict, repr=False)
-    _data_offset: int = 0
     _tensors: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def load(
@@ -118,22 +117,11 @@ class CheckpointFile:
         target = torch.device(device) if device is not None else torch.device("cpu")
         if self._tensors is not None:
             return {key: _cast(self._tensors[key], target, dtype) for key in keys}
-        loaded: dict[str, torch.Tensor] = {}
-        with self.path.open("rb", buffering=0) as handle:
-            for key in sorted(keys, key=lambda name: self._entries[name].start):
-                entry = self._entries[key]
-                buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
-                handle.seek(self._data_offset + entry.start)
-                view = memoryview(buffer.numpy())  # type: ignore[arg-type]
-                done = 0
-                while done < len(view):
-                    count = handle.readinto(view[done:])
-                    if not count:
-                        raise WeightsError(f"{self.path} is truncated: cannot read tensor {key!r}")
-                    done += count
-                tensor = buffer.view(entry.dtype).reshape(entry.shape)
-                loaded[key] = _cast(tensor, target, dtype)
-        return loaded
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as handle:
+                return {key: _cast(handle.get_tensor(key), target, dtype) for key in keys}
+        except Exception as error:
+            raise WeightsError(f"cannot read {self.path}: {error}") from error
 
 
 def open_checkpoint(path: str | Path, allow_pickle: bool = False) -> CheckpointFile:
@@ -153,9 +141,8 @@ def open_checkpoint(path: str | Path, allow_pickle: bool = False) -> CheckpointF
                 "or pass allow_pickle=True (uses torch.load(weights_only=True)) if you trust its source."
             )
         return _open_pickle(path)
-    entries, offset = read_safetensors_header(path)
-    shapes = {key: entry.shape for key, entry in entries.items()}
-    return CheckpointFile(path, shapes, entries, offset)
+    entries, _ = read_safetensors_header(path)
+    return CheckpointFile(path, {key: entry.shape for key, entry in entries.items()})
 
 
 def _open_pickle(path: Path) -> CheckpointFile:
