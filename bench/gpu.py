@@ -7,13 +7,14 @@ diffusers config folder that keeps diffusers offline; see ``bench/single_file.py
    diffusers ``from_single_file(FILE, config=FOLDER)``); one UNet forward on the same inputs and a 3-step
    generation (same prompt, scheduler and seed) are compared: max |ours - diffusers| / max |diffusers|;
 2. **speed**, in float16 (the first of ``--dtypes``): single-file load onto the device, UNet forward
-   (batch 2, guidance), a ``--steps`` generation at 512 px (SD1.5) / 1024 px (SDXL) in iterations per second, and fusing a random rank-8
-   kohya LoRA into the UNet (``LoraManager.add`` + ``fuse`` vs ``load_lora_weights`` + ``fuse_lora``).
+   (batch 2, guidance), a ``--steps`` generation at 512 px (SD1.5) / 1024 px (SDXL) in iterations per
+   second, and fusing a random rank-8 kohya LoRA into the UNet (``LoraManager.add`` + ``fuse`` vs
+   ``load_lora_weights`` + ``fuse_lora``).
 
 One table is printed. ``--tiny`` uses tiny models, 64 px and 2 steps, so that ``python bench/gpu.py --tiny
 --device cpu`` runs in seconds (the test suite runs it that way; on the CPU the default dtype is float32,
-float16 kernels being very slow there). Needs torch, transformers, diffusers,
-safetensors, peft and this project installed; no network.
+float16 kernels being very slow there). Needs torch, transformers, diffusers, safetensors, peft and this
+project installed (refiners-lora included); no network. On an H200 it should take a few minutes.
 
 Run: ``python bench/gpu.py [--device cuda] [--tiny] [--dtypes float16 bfloat16] [--steps 30] [--repeats 5]
 [--models sd15 sdxl] [--dir /tmp/refiners-bench]``. Exits with status 1 when a parity check fails.
