@@ -244,6 +244,7 @@ def child(kind: str, file: Path, folder: Path, architecture: str) -> dict[str, A
     transformers.CLIPTokenizer  # noqa: B018 (resolves the lazy module)
     if kind == "ours":
         import refiners_sd
+        import refiners_sd.single_file.loading  # noqa: F401 (imports excluded from the timing, as for diffusers)
         from refiners_sd.unet.mapping import diffusers_module_map
 
         baseline = _rss()
@@ -254,8 +255,12 @@ def child(kind: str, file: Path, folder: Path, architecture: str) -> dict[str, A
         modules = diffusers_module_map(model.unet)
         probe = [float(modules[name].weight.float().sum()) for name in PROBES]
     else:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        import diffusers.loaders.single_file_utils  # noqa: F401
+        from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
         from diffusers.utils import logging as diffusers_logging
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
+
+        del AutoencoderKL, UNet2DConditionModel
 
         diffusers_logging.set_verbosity_error()
         cls = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
