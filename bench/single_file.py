@@ -20,6 +20,7 @@ Run: ``python bench/single_file.py [--models sd15 sdxl] [--repeats 2] [--dir /tm
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -220,6 +221,7 @@ def write_checkpoint(architecture: str, directory: Path, tiny: bool = False) -> 
         stream_safetensors(single_file_state_dict(pipeline), file.with_suffix(".part"))
         file.with_suffix(".part").rename(file)
         del pipeline
+        gc.collect()  # Chains hold parent links (cycles): free the 7 GB before the measured children run
     return file, folder
 
 
@@ -255,12 +257,14 @@ def child(kind: str, file: Path, folder: Path, architecture: str) -> dict[str, A
         modules = diffusers_module_map(model.unet)
         probe = [float(modules[name].weight.float().sum()) for name in PROBES]
     else:
+        import diffusers
         import diffusers.loaders.single_file_utils  # noqa: F401
-        from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
         from diffusers.utils import logging as diffusers_logging
         from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
 
-        del AutoencoderKL, UNet2DConditionModel
+        for name in ("AutoencoderKL", "UNet2DConditionModel"):  # resolve diffusers' lazy modules before timing
+            getattr(diffusers, name)
 
         diffusers_logging.set_verbosity_error()
         cls = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline

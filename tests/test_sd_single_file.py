@@ -320,8 +320,10 @@ def test_ckpt_needs_the_pickle_opt_in(sd15: tuple[Any, Path, Path], tmp_path: Pa
     assert refiners_sd.detect_architecture(ckpt, allow_pickle=True) == "sd15"
     model = refiners_sd.load_pipeline(ckpt, allow_pickle=True)
     reference = refiners_sd.load_pipeline(file)
+    weights = [refiners_sd.single_file.single_file_state_dict(m) for m in (model, reference)]
+    assert all(torch.equal(weights[0][key], value) for key, value in weights[1].items())
     latents = [m.generate_latents("a cat", steps=2, seed=1, height=SIZE, width=SIZE) for m in (model, reference)]
-    assert torch.equal(latents[0], latents[1])
+    compare(latents[1], latents[0])  # equal weights; kernels may differ in the last bits with memory alignment
 
 
 def test_detect_architecture(sd15: tuple[Any, Path, Path], sdxl: tuple[Any, Path, Path], tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from refiners_core import PickleRefusedError, WeightsError
-from refiners_core.weights import PICKLE_SUFFIXES
+from refiners_core.weights import _is_pickle  # the core's one test for pickled files
 
 __all__ = ["CheckpointFile", "open_checkpoint", "read_safetensors_header"]
 
@@ -87,14 +87,6 @@ def read_safetensors_header(path: Path, check_size: bool = True) -> tuple[dict[s
             f"({missing} missing; download it again)"
         )
     return entries, data_offset
-
-
-def _is_pickle(path: Path) -> bool:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return True
-    with path.open("rb") as handle:
-        head = handle.read(2)
-    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _cast(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
