@@ -66,6 +66,7 @@ _LAZY: dict[str, str] = {
     "LoadedAdapter": "refiners_core.contracts",
     "ImageAdapter": "refiners_core.contracts",
     "ImageInput": "refiners_core.contracts",
+    "component_of": "refiners_core.contracts",
     "load_base_model": "refiners_core.plugins.resolution",
     "load_adapter": "refiners_core.plugins.resolution",
     "ResolutionError": "refiners_core.plugins.resolution",
@@ -164,7 +165,7 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
         Sum,
     )
     from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext, provider_of
-    from refiners_core.contracts import ImageAdapter, ImageInput, LoadedAdapter, Pipeline
+    from refiners_core.contracts import ImageAdapter, ImageInput, LoadedAdapter, Pipeline, component_of
     from refiners_core.images import image_to_tensor
     from refiners_core.layers.activations import GLU, ApproximateGeLU, GeLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
     from refiners_core.layers.attention import Attention, ScaledDotProductAttention, SelfAttention
