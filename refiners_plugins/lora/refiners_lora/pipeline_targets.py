@@ -21,6 +21,8 @@ PRIMARY_CONVENTIONS = (CONVENTION_DIFFUSERS, CONVENTION_TRANSFORMERS, CONVENTION
 """The convention LoRA module names are matched in, first known first (dotted names in files use these)."""
 ALIAS_CONVENTIONS = (CONVENTION_LDM,)
 """Other conventions whose names (with ``_`` for ``.``, as kohya files write them) resolve to the same layers."""
+TRANSFORMERS_WRAPPER = "text_model."
+"""transformers releases differ on whether text models wrap their layers in ``text_model``: files have both."""
 
 
 def is_pipeline(target: Any) -> bool:
@@ -31,8 +33,8 @@ def is_pipeline(target: Any) -> bool:
 def component_targets(pipeline: Any) -> tuple[dict[str, dict[str, nn.Module]], dict[str, dict[str, str]]]:
     """For each LoRA component the pipeline has: its name -> layer map, and its alias -> name map.
 
-    The map uses the first of :data:`PRIMARY_CONVENTIONS` the component knows; aliases come from
-    :data:`ALIAS_CONVENTIONS`, matched to the map by layer identity.
+    The map uses the first of :data:`PRIMARY_CONVENTIONS` the component knows (transformers names with and without
+    the ``text_model.`` wrapper); aliases come from :data:`ALIAS_CONVENTIONS`, matched to the map by layer identity.
     """
     maps: dict[str, dict[str, nn.Module]] = {}
     aliases: dict[str, dict[str, str]] = {}
@@ -45,6 +47,14 @@ def component_targets(pipeline: Any) -> tuple[dict[str, dict[str, nn.Module]], d
         if primary is None:
             continue
         maps[component] = dict(pipeline.module_names(component, primary))
+        if primary == CONVENTION_TRANSFORMERS:
+            maps[component].update(
+                {
+                    name.removeprefix(TRANSFORMERS_WRAPPER): layer
+                    for name, layer in list(maps[component].items())
+                    if name.startswith(TRANSFORMERS_WRAPPER)
+                }
+            )
         by_layer = {id(layer): name for name, layer in maps[component].items()}
         aliases[component] = {
             alias: by_layer[id(layer)]
