@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -34,7 +33,7 @@ def _fail(error: BaseException) -> typer.Exit:
 class GenerateCommand(TyperCommand):
     """``refiners generate``'s help lists the installed adapter families and their options (read when shown)."""
 
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
         from refiners_core.plugins import adapter_families
 
         families = {family.name: family for family in adapter_families().values()}

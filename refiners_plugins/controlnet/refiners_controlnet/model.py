@@ -372,9 +372,13 @@ class ControlNet(Chain, Adapter[ResetResiduals]):
             self.provider.contexts.get(CONTROLNET_CONTEXT, {}).pop(self.name, None)
         super().eject()
 
-    def remove(self) -> None:
-        """Eject the ControlNet (the adapter-family contract's ``remove``)."""
+    def remove(self, module: nn.Module | None = None) -> Chain:
+        """Without argument, eject the ControlNet (the adapter-family contract's ``remove()``); with a child
+        ``module``, remove that child as :meth:`Chain.remove` does. Returns ``self``."""
+        if module is not None:
+            return super().remove(module)
         self.eject()
+        return self
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, scale={self.scale}" + (", guess_mode=True" if self.guess_mode else "")

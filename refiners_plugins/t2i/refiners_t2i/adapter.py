@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from PIL.Image import Image as PILImage
 from refiners_sd.unet.model import UNet
+from torch import nn
 
 import refiners_core as rc
 from refiners_core import Chain
@@ -282,9 +283,13 @@ class T2IAdapter(Chain):
         self.__dict__["_group"].remove()
         self._drop_context()
 
-    def remove(self) -> None:
-        """Eject the adapter (the adapter-family contract's ``remove``)."""
+    def remove(self, module: nn.Module | None = None) -> Chain:
+        """Without argument, eject the T2I-Adapter (the adapter-family contract's ``remove()``); with a child
+        ``module``, remove that child as :meth:`Chain.remove` does. Returns ``self``."""
+        if module is not None:
+            return super().remove(module)
         self.eject()
+        return self
 
 
 def _set_feature_scale(injector: Any, value: float) -> None:

@@ -56,6 +56,9 @@ class LatentDiffusion:
         solver_name: the solver :meth:`make_solver` builds (``ddim``, ``euler``, ``dpm++2m``).
     """
 
+    topology: str
+    """``sd15`` or ``sdxl``, set by each model class."""
+
     def __init__(
         self,
         unet: UNet,
