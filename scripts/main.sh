@@ -9,9 +9,10 @@ bash scripts/install.sh
 .venv/bin/python examples/quickstart.py
 
 # Text to image, offline: tiny random assets built on the fly by each plugin's demo hook (refiners-sd's tiny
-# SD1.5-topology pipeline folder, a kohya LoRA on the UNet and the text encoder, a diffusers ControlNet, a diffusers T2I-Adapter, an h94 IP-Adapter with its
-# transformers CLIP image encoder, a condition image and a reference image), then one generate command
-# stacking all four adapter families (--adapter FAMILY:SPEC or the --FAMILY shorthand). Everything lands in demo/ (git-ignored) so the image can be looked at.
+# SD1.5-topology pipeline folder, a kohya LoRA on the UNet and the text encoder, a diffusers ControlNet, a
+# diffusers T2I-Adapter, an h94 IP-Adapter with its transformers CLIP image encoder, a condition image and a
+# reference image), then one generate command stacking all four adapter families (--adapter FAMILY:SPEC or
+# the --FAMILY shorthand). Everything lands in demo/ (git-ignored) so the image can be looked at.
 demo="demo"
 rm -rf "$demo"
 .venv/bin/refiners demo-assets "$demo"
