@@ -26,6 +26,7 @@ BASE = "test/tiny-sd15"
 LORA = "test/tiny-lora"
 CONTROLNET = "test/tiny-controlnet"
 SDXL_LORA = "test/tiny-sdxl-lora"
+UNET_FILE = "test/tiny-sd15-unet-file"
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -106,6 +107,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> DemoAssets:
 def served(assets: Any, hub_server: HubServer, hub_env: dict[str, str], tmp_path: Path) -> Served:  # noqa: F811
     assert assets.lora is not None and assets.controlnet is not None
     base_files = folder_files(assets.base)
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
     lora_files = {"pytorch_lora_weights.safetensors": assets.lora.read_bytes()}
     controlnet_files = folder_files(assets.controlnet)
     base_rev = hub_server.add_repo("test-org/tiny-sd15", base_files)
@@ -118,6 +120,7 @@ def served(assets: Any, hub_server: HubServer, hub_env: dict[str, str], tmp_path
             entry(LORA, "lora", "sd15", "test-org/tiny-lora", lora_rev, lora_files),
             entry(CONTROLNET, "controlnet", "sd15", "test-org/tiny-controlnet", controlnet_rev, controlnet_files),
             entry(SDXL_LORA, "lora", "sdxl", "test-org/tiny-lora", lora_rev, lora_files),
+            entry(UNET_FILE, "base-model", "sd15", "test-org/tiny-sd15", base_rev, {unet_file: base_files[unet_file]}),
         ],
     )
     env = {**hub_env, "REFINERS_CATALOG": str(catalog)}
@@ -227,6 +230,18 @@ def test_parse_arguments_any_family_any_order(tmp_path: Path) -> None:
         parse_arguments(["--lora", "y"], [], [], families)
     with pytest.raises(SpecError, match="FAMILY:NAME_OR_PATH"):
         parse_arguments(["x"], ["lora"], [], families)
+
+
+def test_catalog_names_resolve_through_the_registry_hook(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from refiners_core.plugins.resolution import resolve_name
+
+    monkeypatch.setenv("REFINERS_CATALOG", served.env["REFINERS_CATALOG"])
+    bundle = resolve_name(BASE)  # a base-model bundle: the pipeline folder
+    assert (bundle.family, bundle.base_model) == ("base-model", "sd15") and (bundle.path / "model_index.json").is_file()
+    single = resolve_name(UNET_FILE)  # a single-file base-model entry: the file
+    assert (single.family, single.base_model) == ("base-model", "sd15") and single.path.name.endswith(".safetensors")
+    lora = resolve_name(LORA)
+    assert (lora.family, lora.base_model) == ("lora", "sd15") and lora.path.is_file()
 
 
 def test_catalog_base_model_names_resolve_and_adapters_are_refused_as_base(served: Served) -> None:

@@ -194,6 +194,9 @@ def test_listed_by_refiners_plugins(third_party: None) -> None:
     assert result.returncode == 0, result.stderr
     assert "refiners-toybase" in result.stdout and "refiners-glow" in result.stdout
     assert "adapter families: glow" in result.stdout and "base models: toy" in result.stdout
+    helped = cli("generate", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--glow / --glow-adapter NAME:IMAGE[:SCALE] (reference-image)" in helped.stdout
 
 
 def test_from_python(third_party: None, tmp_path: Path) -> None:

@@ -30,25 +30,32 @@ def _fail(error: BaseException) -> typer.Exit:
     return typer.Exit(code=int(getattr(error, "exit_code", 1)))
 
 
+def families_help() -> str:
+    """The installed adapter families and their options, for ``refiners generate --help``."""
+    from refiners_core.plugins import adapter_families
+
+    families = {family.name: family for family in adapter_families().values()}
+    if not families:
+        return "Installed adapter families: none (pip install a family plugin: refiners-lora, ...)."
+    lines = ["Installed adapter families (--adapter FAMILY:SPEC, or the option shown):"]
+    for family in sorted(families.values(), key=lambda item: item.name):
+        options = " / ".join(f"--{name}" for name in (family.name, *family.aliases))
+        form = "NAME[:SCALE]" if family.takes == "nothing" else f"NAME:IMAGE[:SCALE] ({family.takes})"
+        inputs = "".join(f", with --{name.replace('_', '-')} PATH_OR_NAME" for name in family.inputs)
+        lines.append(f"{options} {form}{inputs}")
+    return "\n\n".join(lines)
+
+
 class GenerateCommand(TyperCommand):
-    """``refiners generate``'s help lists the installed adapter families and their options (read when shown)."""
+    """``refiners generate``, whose help ends with the installed adapter families (read when the help is shown)."""
 
-    def format_epilog(self, ctx: Any, formatter: Any) -> None:
-        from refiners_core.plugins import adapter_families
+    @property  # type: ignore[override]
+    def epilog(self) -> str:
+        return families_help()
 
-        families = {family.name: family for family in adapter_families().values()}
-        rows = []
-        for family in sorted(families.values(), key=lambda item: item.name):
-            options = ", ".join(f"--{name}" for name in (family.name, *family.aliases))
-            form = "NAME[:SCALE]" if family.takes == "nothing" else f"NAME:IMAGE[:SCALE] ({family.takes})"
-            inputs = "".join(f"; needs --{name.replace('_', '-')}" for name in family.inputs)
-            rows.append((options, f"{form}{inputs}"))
-        with formatter.section("Installed adapter families (also --adapter FAMILY:SPEC)"):
-            if rows:
-                formatter.write_dl(rows)
-            else:
-                formatter.write_text("none: pip install a family plugin (refiners-lora, ...)")
-        super().format_epilog(ctx, formatter)
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass  # computed when shown, from the installed plugins
 
 
 @contextmanager

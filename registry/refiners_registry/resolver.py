@@ -6,6 +6,7 @@ through it; base-model bundles (folders) and single-file base-model entries reso
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from refiners_core import Resolved
@@ -25,7 +26,7 @@ def resolve_catalog_name(
         MissingPluginError: no installed plugin can use the entry (before any download).
         PickleNotAllowedError, NotCachedError, NetworkError, HashMismatchError: as :meth:`Registry.pull`.
     """
-    registry = Registry()
+    registry = Registry(endpoint=os.environ.get("HF_ENDPOINT"))  # read now, not when huggingface_hub was imported
     registry.report = report
     try:
         entry = registry.get(name)
