@@ -7,27 +7,19 @@ place a header-based check for ``.safetensors`` files belongs. The base-model fa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+
+from refiners_core.plugins.detection import read_json_object
 
 __all__ = ["architecture_of", "detect_sd15", "detect_sdxl", "folder_architecture", "single_file_architecture"]
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 
 
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def folder_architecture(folder: Path) -> str | None:
     """``sd15``/``sdxl`` for a diffusers pipeline folder, ``None`` when it is not one."""
-    index = _json(folder / "model_index.json")
-    unet = _json(folder / "unet" / "config.json")
+    index = read_json_object(folder / "model_index.json")
+    unet = read_json_object(folder / "unet" / "config.json")
     if index is None and unet is None:
         return None
     if index is not None and index.get("_class_name") in SDXL_PIPELINES:
