@@ -9,7 +9,6 @@ import torch
 
 from refiners_core import RefinersError
 from refiners_sd.pipeline import StableDiffusion1, StableDiffusionXL, load_pipeline
-from refiners_sd.vae import AutoencoderKL
 
 __all__ = ["load_base", "write_demo_base"]
 
@@ -31,15 +30,17 @@ def load_base(
     dtype: torch.dtype | str | None = None,
     solver: str = "ddim",
     vae: str | Path | None = None,
+    allow_pickle: bool = False,
     **options: Any,
 ) -> StableDiffusion1 | StableDiffusionXL:
-    """Load a Stable Diffusion pipeline folder (the ``loader`` of the ``sd15`` and ``sdxl`` families).
+    """Load a Stable Diffusion pipeline (the ``loader`` of the ``sd15`` and ``sdxl`` families).
 
     Args:
-        path: a diffusers pipeline folder.
+        path: a diffusers pipeline folder or a single-file checkpoint.
         device, dtype: where and how the weights live (``dtype`` may be a name: ``float16``...).
         solver: ``ddim``, ``euler`` or ``dpm++2m``.
-        vae: a diffusers ``AutoencoderKL`` folder replacing the pipeline's VAE.
+        vae: a VAE replacing the pipeline's (see :func:`refiners_sd.load_pipeline`).
+        allow_pickle: the user's opt-in for a pickled ``.ckpt``.
 
     Raises:
         RefinersError: unknown options, or files that do not form a pipeline (naming what is missing).
@@ -48,12 +49,11 @@ def load_base(
         raise RefinersError(f"unknown Stable Diffusion options: {', '.join(sorted(options))}")
     torch_dtype = _dtype(dtype)
     try:
-        pipeline = load_pipeline(path, device=device, dtype=torch_dtype, solver=solver)
+        return load_pipeline(path, device=device, dtype=torch_dtype, solver=solver, vae=vae, allow_pickle=allow_pickle)
+    except RefinersError:
+        raise
     except ValueError as error:
         raise RefinersError(f"{path}: {error}") from error
-    if vae is not None:
-        pipeline.autoencoder = AutoencoderKL.from_diffusers(vae, device=pipeline.device, dtype=pipeline.dtype)
-    return pipeline
 
 
 def write_demo_base(folder: str | Path, *, seed: int = 0) -> Path:

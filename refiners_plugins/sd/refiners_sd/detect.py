@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from refiners_core.plugins.detection import read_json_object
+from refiners_core.plugins.detection import read_json_object, safetensors_keys
 
 __all__ = ["architecture_of", "detect_sd15", "detect_sdxl", "folder_architecture", "single_file_architecture"]
 
@@ -32,11 +32,13 @@ def folder_architecture(folder: Path) -> str | None:
 
 
 def single_file_architecture(path: Path) -> str | None:
-    """``sd15``/``sdxl`` for a single-file checkpoint, ``None`` when not recognised.
+    """``sd15``/``sdxl`` for a single-file ``.safetensors`` checkpoint (from its header's keys), else ``None``.
 
-    Single-file checkpoints are not read yet: this returns ``None`` until a key-based check lands here.
+    Pickled checkpoints are never opened here: pass them to the loader with the explicit opt-in.
     """
-    return None
+    from refiners_sd.single_file.layout import architecture_from_keys
+
+    return architecture_from_keys(safetensors_keys(path)) if path.suffix == ".safetensors" else None
 
 
 def architecture_of(path: Path) -> str | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from refiners_core.errors import RefinersError
 from refiners_sd.clip import CLIPTextEncoder, CLIPTextEncoderG, CLIPTextEncoderL, CLIPTokenizer, DoubleTextEncoder
 from refiners_sd.pipeline.guidance import classifier_free_guidance, uses_guidance
 from refiners_sd.pipeline.layout import PipelineLayout, read_layout
@@ -36,6 +37,22 @@ StepCallback = Callable[[int, int], None]
 """Called after each denoising step as ``callback(steps_done, total_steps)``."""
 
 Device = torch.device | str | None
+
+
+class NonFiniteLatentsError(RefinersError, ValueError):
+    """The latents became NaN or infinite during denoising (the image would be black): the cause is named."""
+
+
+def _non_finite_cause(step: int, total: int, timestep: torch.Tensor, solver: Solver, prediction: torch.Tensor) -> str:
+    where = f"latents became NaN or infinite at step {step + 1}/{total} (timestep {int(timestep)})"
+    if not bool(torch.isfinite(prediction).all()):
+        cause = (
+            "the UNet's prediction was already NaN or infinite: check the weights and scales of the adapters "
+            "(a NaN or huge LoRA scale) and the dtype (float16 overflow)"
+        )
+    else:
+        cause = f"the {type(solver).__name__} update produced them (step count {solver.num_inference_steps})"
+    return f"{where}: {cause}"
 
 
 @dataclass
@@ -178,6 +195,8 @@ class LatentDiffusion:
             if guided:
                 prediction = classifier_free_guidance(prediction, guidance)
             latents = solver(latents, prediction, step)
+            if not bool(torch.isfinite(latents).all()):
+                raise NonFiniteLatentsError(_non_finite_cause(step, total, timestep, solver, prediction))
             if callback is not None:
                 callback(step + 1, total)
         return latents
@@ -409,9 +428,40 @@ def _common_parts(
 
 
 def load_pipeline(
-    folder: str | Path, device: Device = None, dtype: torch.dtype | None = None, solver: str = "ddim"
+    path: str | Path,
+    device: Device = None,
+    dtype: torch.dtype | None = None,
+    solver: str = "ddim",
+    *,
+    vae: str | Path | None = None,
+    allow_pickle: bool = False,
 ) -> StableDiffusion1 | StableDiffusionXL:
-    """Load a diffusers pipeline folder as :class:`StableDiffusion1` or :class:`StableDiffusionXL` (detected)."""
-    layout = read_layout(folder)
-    model_class = StableDiffusionXL if layout.topology == "sdxl" else StableDiffusion1
-    return model_class.from_diffusers(layout.root, device=device, dtype=dtype, solver=solver)
+    """Load :class:`StableDiffusion1` or :class:`StableDiffusionXL` (detected) from a diffusers pipeline folder
+    or a single-file checkpoint, offline.
+
+    Args:
+        path: a diffusers pipeline folder, or a single ``.safetensors`` checkpoint in the A1111/ComfyUI layout
+            (see :func:`refiners_sd.single_file.load_single_file`); a pickled ``.ckpt`` only with
+            ``allow_pickle=True`` (read with ``torch.load(weights_only=True)``).
+        dtype: weight dtype (``None``: float32).
+        solver: ``ddim``, ``euler`` or ``dpm++2m``.
+        vae: swap the VAE for a diffusers VAE folder or a single VAE file (see
+            :func:`refiners_sd.single_file.load_vae`).
+
+    Raises:
+        WeightsError: naming the file and what is wrong with it (missing, truncated, another architecture,
+            unknown keys). PickleRefusedError: a pickled file without the opt-in.
+    """
+    from refiners_sd.single_file.loading import load_single_file, load_vae
+
+    source = Path(path).expanduser()
+    model: StableDiffusion1 | StableDiffusionXL
+    if source.is_file():
+        model = load_single_file(source, device=device, dtype=dtype, solver=solver, allow_pickle=allow_pickle)
+    else:
+        layout = read_layout(source)
+        model_class = StableDiffusionXL if layout.topology == "sdxl" else StableDiffusion1
+        model = model_class.from_diffusers(layout.root, device=device, dtype=dtype, solver=solver)
+    if vae is not None:
+        model.autoencoder = load_vae(vae, model.topology, device=device, dtype=dtype, allow_pickle=allow_pickle)  # type: ignore[arg-type]
+    return model
