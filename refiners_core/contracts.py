@@ -14,7 +14,7 @@ Importing this module never imports torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,7 @@ __all__ = [
     "LoadedAdapter",
     "Pipeline",
     "StepCallback",
+    "component_of",
 ]
 
 ImageInput: TypeAlias = "Image.Image | torch.Tensor"
@@ -145,3 +146,22 @@ class Pipeline(Protocol):
     ) -> Image.Image:
         """Generate one image with every adapter currently loaded."""
         ...
+
+
+def component_of(target: Any, name: str) -> Any:
+    """The component ``name`` of ``target`` when it is a pipeline (has ``components()``), else ``target`` itself.
+
+    Family loaders call it so that they accept a whole pipeline or the bare component they patch.
+
+    Raises:
+        RefinersError: a pipeline without that component (the message lists its components).
+    """
+    components = getattr(target, "components", None)
+    if not callable(components):
+        return target
+    found = components()
+    if name not in found:
+        from refiners_core.errors import RefinersError
+
+        raise RefinersError(f"this pipeline has no {name!r} component (it has: {', '.join(found)})")
+    return found[name]

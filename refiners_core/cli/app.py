@@ -25,7 +25,7 @@ def _print_version(value: bool) -> None:
 
 def build_app() -> typer.Typer:
     """Return the typer app with the core commands only (no plugin commands)."""
-    from refiners_core.cli import check, plugins_cmd, scaffold
+    from refiners_core.cli import check, generate_cmd, plugins_cmd, scaffold
 
     app = typer.Typer(name="refiners", help=APP_HELP, no_args_is_help=True, add_completion=False)
 
@@ -48,6 +48,7 @@ def build_app() -> typer.Typer:
     plugin_app.command("new")(scaffold.new)
     plugin_app.command("check")(check.check)
     app.add_typer(plugin_app, name="plugin")
+    generate_cmd.register(app)
     return app
 
 
