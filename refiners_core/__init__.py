@@ -66,6 +66,8 @@ _LAZY: dict[str, str] = {
     "LoadedAdapter": "refiners_core.contracts",
     "ImageAdapter": "refiners_core.contracts",
     "ImageInput": "refiners_core.contracts",
+    "TrainablePipeline": "refiners_core.contracts",
+    "TrainableAdapter": "refiners_core.contracts",
     "load_base_model": "refiners_core.plugins.resolution",
     "load_adapter": "refiners_core.plugins.resolution",
     "ResolutionError": "refiners_core.plugins.resolution",
@@ -164,7 +166,14 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
         Sum,
     )
     from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext, provider_of
-    from refiners_core.contracts import ImageAdapter, ImageInput, LoadedAdapter, Pipeline
+    from refiners_core.contracts import (
+        ImageAdapter,
+        ImageInput,
+        LoadedAdapter,
+        Pipeline,
+        TrainableAdapter,
+        TrainablePipeline,
+    )
     from refiners_core.images import image_to_tensor
     from refiners_core.layers.activations import GLU, ApproximateGeLU, GeLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
     from refiners_core.layers.attention import Attention, ScaledDotProductAttention, SelfAttention

@@ -21,5 +21,6 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             loader="refiners_lora.loader:load_lora",
             formats=FORMATS,
             base_models=("sd15", "sdxl"),
+            create="refiners_lora.training:create_lora",
         )
     ]
