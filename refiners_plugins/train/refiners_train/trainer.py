@@ -135,7 +135,7 @@ class Trainer:
         self.ddp: nn.Module | None = None
         if self.group.world_size > 1:
             device_ids = [self.device] if self.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids, broadcast_buffers=False)
+            self.ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=options.lr, weight_decay=options.weight_decay)
         use_scaler = options.mixed_precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
