@@ -52,7 +52,7 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy_dataset(tmp_path_factory.mktemp("train") / "data")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny models run fastest on one thread on a shared machine."""
     threads = torch.get_num_threads()
