@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from train_fixtures import lora_config, max_difference, one_thread, tiny_base, toy_data  # noqa: F401
-
 from refiners_train.data import TrainingData, bucket_sizes, read_folder
 from refiners_train.errors import TrainError
 from refiners_train.lora import DiffusionObjective, train_lora
 from refiners_train.schedule import BatchPlan
 from refiners_train.trainer import Trainer
+from safetensors import safe_open
+from train_fixtures import lora_config, max_difference, one_thread, tiny_base, toy_data  # noqa: F401
 
 EQUAL_WEIGHTS = 1e-4  # float rounding, amplified by Adam on near-zero gradients (lr 1e-2, weights move ~3e-2)
 
@@ -32,7 +31,6 @@ def _fixed_loss(pipeline: object, data: Path, resolution: int = 64) -> float:
 def test_loss_goes_down(tiny_base: Path, toy_data: Path, tmp_path: Path) -> None:  # noqa: F811
     import refiners_sd
     from refiners_lora.training import create_lora
-
     from refiners_train.schedule import BatchPlan
     from refiners_train.trainer import TrainingOptions
 
@@ -132,7 +130,9 @@ def test_bad_data_is_one_error_before_any_step(tiny_base: Path, toy_data: Path, 
         train_lora(lora_config(tiny_base, data, output))
     (data / "red.png").unlink()
     (data / "red.txt").unlink()
-    (data / "metadata.jsonl").write_text('{"file_name": "blue.png", "text": "blue"}\n{"file_name": "gone.png", "text": "x"}\n')
+    (data / "metadata.jsonl").write_text(
+        '{"file_name": "blue.png", "text": "blue"}\n{"file_name": "gone.png", "text": "x"}\n'
+    )
     with pytest.raises(TrainError, match="gone.png: no such image"):
         train_lora(lora_config(tiny_base, data, output))
     assert not output.exists() and not output.with_name("out-checkpoints").exists()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train_fixtures import lora_config, max_difference, one_thread, tiny_base, toy_data  # noqa: F401
-
 from refiners_train.lora import train_lora
+from train_fixtures import lora_config, max_difference, one_thread, tiny_base, toy_data  # noqa: F401
 
 EQUAL_WEIGHTS = 1e-4  # float rounding, amplified by Adam on near-zero gradients (lr 1e-2, weights move ~3e-2)
 

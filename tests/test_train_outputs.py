@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from refiners_train.lora import train_lora
 from safetensors import safe_open
 from train_fixtures import lora_config, one_thread, tiny_base, toy_data  # noqa: F401
 from typer.testing import CliRunner
-
-from refiners_train.lora import train_lora
 
 PROMPT, SEED, STEPS = "a red square", 3, 3
 
@@ -31,8 +30,21 @@ def _refiners(*args: str) -> Any:
 
 def _generate(base: Path, output: Path, *lora: str) -> np.ndarray:
     extra = ["--lora", lora[0]] if lora else []
-    result = _refiners("generate", PROMPT, "--base", str(base), "--steps", str(STEPS), "--seed", str(SEED), *extra,
-                       "-o", str(output), "--device", "cpu")
+    result = _refiners(
+        "generate",
+        PROMPT,
+        "--base",
+        str(base),
+        "--steps",
+        str(STEPS),
+        "--seed",
+        str(SEED),
+        *extra,
+        "-o",
+        str(output),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     with Image.open(output) as image:
         return np.asarray(image, dtype=np.float32)
@@ -57,8 +69,16 @@ def trained(tiny_base: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFa
     files = {}
     for layout in ("kohya", "diffusers"):
         config = lora_config(
-            tiny_base, toy_data, folder / f"{layout}.safetensors", steps=8, lr=2e-2, batch_size=2, text_encoder=True,
-            rank=4, alpha=8, format=layout,
+            tiny_base,
+            toy_data,
+            folder / f"{layout}.safetensors",
+            steps=8,
+            lr=2e-2,
+            batch_size=2,
+            text_encoder=True,
+            rank=4,
+            alpha=8,
+            format=layout,
         )
         train_lora(config)
         files[layout] = config.output
@@ -72,7 +92,9 @@ def test_kohya_metadata_and_alpha(trained: dict[str, Path]) -> None:
         alphas = {float(handle.get_tensor(key)) for key in keys if key.endswith(".alpha")}
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "8"
     assert metadata["ss_base_model_version"] == "sd_v1"
-    assert json.loads(metadata["ss_tag_frequency"]) == {"data": {f"a {c} square": 1 for c in ("blue", "green", "red", "yellow")}}
+    assert json.loads(metadata["ss_tag_frequency"]) == {
+        "data": {f"a {c} square": 1 for c in ("blue", "green", "red", "yellow")}
+    }
     assert json.loads(metadata["refiners_train_settings"])["steps"] == 8
     assert alphas == {8.0}
     assert any(key.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for key in keys)
@@ -84,7 +106,10 @@ def test_kohya_metadata_and_alpha(trained: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("layout", ["kohya", "diffusers"])
 def test_same_effect_in_diffusers_and_refiners_generate(
-    trained: dict[str, Path], tiny_base: Path, tmp_path: Path, layout: str  # noqa: F811
+    trained: dict[str, Path],
+    tiny_base: Path,  # noqa: F811
+    tmp_path: Path,
+    layout: str,
 ) -> None:
     ours_bare = _generate(tiny_base, tmp_path / "bare.png")
     ours = _generate(tiny_base, tmp_path / "lora.png", str(trained[layout]))
@@ -110,5 +135,7 @@ def test_cli_bad_options_are_one_line(tiny_base: Path, toy_data: Path, tmp_path:
         result = _refiners(*common, "-o", str(tmp_path / "x.safetensors"), *options)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1 and lines == [f"Error: {lines[0][7:]}"] and message in lines[0], result.output
-    result = _refiners("train", "lora", "--base", str(tiny_base), "--data", str(tmp_path / "none"), "-o", "x.safetensors")
+    result = _refiners(
+        "train", "lora", "--base", str(tiny_base), "--data", str(tmp_path / "none"), "-o", "x.safetensors"
+    )
     assert result.exit_code == 1 and "none: no such folder" in result.output and "Traceback" not in result.output

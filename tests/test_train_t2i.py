@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from train_fixtures import one_thread, tiny_base, toy_data  # noqa: F401
-
 from refiners_train.data import TrainingData, read_folder
 from refiners_train.lora import DiffusionObjective
 from refiners_train.schedule import BatchPlan
 from refiners_train.trainer import Trainer, TrainingOptions
+from train_fixtures import one_thread, tiny_base, toy_data  # noqa: F401
 
 
 class ConditionedObjective(DiffusionObjective):
@@ -47,7 +46,9 @@ def test_trainer_trains_a_t2i_adapter(tiny_base: Path, toy_data: Path) -> None: 
             return float(objective(indices, indices, 10**6).mean())
 
     before = fixed_loss()
-    trainer = Trainer(adapter, objective, BatchPlan(data.groups(), 4, seed=0), TrainingOptions(steps=12, lr=2e-3, batch_size=4))
+    trainer = Trainer(
+        adapter, objective, BatchPlan(data.groups(), 4, seed=0), TrainingOptions(steps=12, lr=2e-3, batch_size=4)
+    )
     trainer.train()
     after = fixed_loss()
     print(f"T2I-Adapter: fixed-noise loss {before:.4f} -> {after:.4f}")

@@ -44,7 +44,9 @@ def _targets(pipeline: Any, component: str) -> dict[str, nn.Module]:
     else:
         names, endings = pipeline.module_names(component, CONVENTION_TRANSFORMERS), TEXT_ENCODER_TARGETS
     suffixes = tuple(f".{ending}" for ending in endings)
-    found = {name: layer for name, layer in names.items() if isinstance(layer, nn.Linear) and name.endswith(suffixes)}
+    found: dict[str, nn.Module] = {
+        name: layer for name, layer in names.items() if isinstance(layer, nn.Linear) and name.endswith(suffixes)
+    }
     if not found:
         raise LoraError(f"the {component} of this pipeline has no attention projection to train a LoRA on")
     return found
@@ -64,7 +66,7 @@ def _portable_text_encoder_targets(header: dict[str, str]) -> dict[str, str]:
             continue
         if key.endswith(".target_modules"):
             config[key] = sorted(name.removeprefix("text_model.") for name in value)
-        elif key.endswith(("_pattern")):
+        elif key.endswith("_pattern"):
             config[key] = {name.removeprefix("text_model."): item for name, item in value.items()}
     return {**header, DIFFUSERS_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
 

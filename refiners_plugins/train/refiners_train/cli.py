@@ -17,7 +17,9 @@ train_app = typer.Typer(help="Train adapters on a base model.", no_args_is_help=
 @train_app.command("lora")
 def lora(
     base: str = typer.Option(..., "--base", help="Base model: a folder, a single file, or a catalog name."),
-    data: Path = typer.Option(..., "--data", help="Images (png/jpg/webp) with same-stem .txt captions, or metadata.jsonl."),
+    data: Path = typer.Option(
+        ..., "--data", help="Images (png/jpg/webp) with same-stem .txt captions, or metadata.jsonl."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Where the trained LoRA goes (.safetensors)."),
     steps: int = typer.Option(500, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(1, "--batch-size", help="Samples per process and micro-batch."),

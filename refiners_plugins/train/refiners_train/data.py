@@ -120,7 +120,10 @@ def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
 
 
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """The image at ``path`` resized to cover ``size`` ``(width, height)`` and center-cropped: ``[3, H, W]`` in [0, 1]."""
+    """The image at ``path`` resized to cover ``size`` ``(width, height)`` and center-cropped.
+
+    Returns ``[3, H, W]`` with values in [0, 1].
+    """
     width, height = size
     with Image.open(path) as opened:
         image = opened.convert("RGB")

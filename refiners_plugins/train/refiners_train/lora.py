@@ -9,8 +9,8 @@ The base model comes from ``refiners_core.load_base_model`` (any base-model plug
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,9 @@ def check_config(config: LoraTrainingConfig) -> None:
     if config.save_every < 0:
         raise TrainError(f"--save-every must be 0 (never) or more, got {config.save_every}")
     if config.mixed_precision not in MIXED_PRECISION:
-        raise TrainError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {config.mixed_precision!r}")
+        raise TrainError(
+            f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {config.mixed_precision!r}"
+        )
     if config.format not in FORMATS:
         raise TrainError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
     if config.output.suffix != ".safetensors":
@@ -150,7 +152,9 @@ class DiffusionObjective:
         return self.pipeline.training_loss(latents, conditioning, noise, torch.stack(timesteps).to(latents.device))  # type: ignore[no-any-return]
 
 
-def _metadata(config: LoraTrainingConfig, pipeline: Any, data: TrainingData, alpha: float, world: int) -> dict[str, str]:
+def _metadata(
+    config: LoraTrainingConfig, pipeline: Any, data: TrainingData, alpha: float, world: int
+) -> dict[str, str]:
     architecture = str(getattr(pipeline, "architecture", getattr(pipeline, "topology", "")))
     width, height = data.sizes[0]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items() if k != "extra_metadata"}

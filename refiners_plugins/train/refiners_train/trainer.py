@@ -92,7 +92,8 @@ class _Objective(nn.Module):
         self.__dict__["objective"] = objective  # not a submodule: the frozen model is none of DDP's business
 
     def forward(self, indices: list[int], positions: list[int], step: int) -> torch.Tensor:
-        return self.objective(indices, positions, step)  # type: ignore[no-any-return]
+        objective: Objective = self.__dict__["objective"]
+        return objective(indices, positions, step)
 
 
 class Trainer:

@@ -209,7 +209,9 @@ def _tokens(tokenizer: CLIPTokenizer, text: str, device: torch.device) -> torch.
 class StableDiffusion1(LatentDiffusion, TrainingMixin):
     """Stable Diffusion 1.x: CLIP ViT-L text encoder (last hidden state), SD1 UNet, KL VAE.
 
-    Trainable (:class:`refiners_core.TrainablePipeline`) through :class:`~refiners_sd.pipeline.training.TrainingMixin`."""
+    Trainable (:class:`refiners_core.TrainablePipeline`) through
+    :class:`~refiners_sd.pipeline.training.TrainingMixin`.
+    """
 
     topology = "sd15"
 

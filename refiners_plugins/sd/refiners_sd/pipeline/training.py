@@ -84,9 +84,9 @@ class TrainingMixin:
         from refiners_sd.clip.loading import text_encoder_module_map
         from refiners_sd.unet.mapping import diffusers_module_map
 
-        parts = self.components()
+        parts, model = self.components(), self._model()
         if component == "unet" and convention == "diffusers":
-            return diffusers_module_map(parts["unet"])
+            return diffusers_module_map(model.unet)
         if component.startswith("text_encoder") and component in parts and convention == "transformers":
             mapping = text_encoder_module_map(parts[component])  # type: ignore[arg-type]
             return {(key if key == "text_projection" else f"text_model.{key}"): v for key, v in mapping.items()}
@@ -129,8 +129,9 @@ class TrainingMixin:
         if conditioning.pooled_text_embedding is not None:
             height, width = (side * model.vae_scale_factor for side in latents.shape[-2:])
             ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
-            model.unet.set_pooled_text_embedding(conditioning.pooled_text_embedding.to(device=device, dtype=dtype))  # type: ignore[attr-defined]
-            model.unet.set_time_ids(ids.repeat(latents.shape[0], 1))  # type: ignore[attr-defined]
+            unet: Any = model.unet
+            unet.set_pooled_text_embedding(conditioning.pooled_text_embedding.to(device=device, dtype=dtype))
+            unet.set_time_ids(ids.repeat(latents.shape[0], 1))
         prediction = model.unet(noisy.to(dtype))
         error = (prediction.float() - target) ** 2
         return error.flatten(1).mean(dim=1)
