@@ -89,16 +89,17 @@ def build_ours(size: str, latent: int) -> Any:
     from refiners_sd.pipeline import StableDiffusion1
     from refiners_sd.pipeline.training import TrainingConditioning
     from refiners_sd.vae import AutoencoderConfig, SD1Autoencoder
-    from unet_forward import materialise
-
     from refiners_train.schedule import BatchPlan, sample_generator
     from refiners_train.trainer import Trainer, TrainingOptions
+    from unet_forward import materialise
 
     with torch.device("meta"):
         unet = SD1UNet(unet_config(size))
     materialise(unet, seed=0)
     text_encoder = CLIPTextEncoderL(CLIPTextConfig(**DEMO_TEXT_CONFIG))
-    pipeline = StableDiffusion1(unet, text_encoder, None, SD1Autoencoder(AutoencoderConfig(**DEMO_VAE_CONFIG)), SCHEDULE)  # type: ignore[arg-type]
+    pipeline = StableDiffusion1(
+        unet, text_encoder, None, SD1Autoencoder(AutoencoderConfig(**DEMO_VAE_CONFIG)), SCHEDULE
+    )  # type: ignore[arg-type]
     create_lora(pipeline, rank=RANK, alpha=RANK)
     latents, text = inputs(size, latent)
     conditioning = TrainingConditioning(text)
@@ -180,7 +181,11 @@ def main() -> None:
         f"{diffusers.__version__}, {args.threads} threads, median of {args.steps} steps after 1 warm-up; full-size "
         f"latents {args.latent}x{args.latent}"
     )
-    print("| UNet | step ours (s) | step diffusers+peft (s) | ours / diffusers | peak ours (GB) | peak diffusers (GB) | ratio |")
+    print(
+        "| UNet | step ours (s) | step diffusers+peft (s) | ours / diffusers | peak ours (GB) | peak diffusers (GB) ",
+        end="",
+    )
+    print("| ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     here = Path(__file__).resolve().parent
     for size in args.sizes:

@@ -67,6 +67,16 @@ def test_batch_and_accumulation_give_equal_weights(tiny_base: Path, toy_data: Pa
     assert max_difference(batch.output, single.output) > 1e-3  # a different global batch does change the result
 
 
+def test_gradient_checkpointing_gives_the_same_weights(tiny_base: Path, toy_data: Path, tmp_path: Path) -> None:  # noqa: F811
+    plain = lora_config(tiny_base, toy_data, tmp_path / "plain.safetensors", steps=2, batch_size=2)
+    recomputed = lora_config(
+        tiny_base, toy_data, tmp_path / "checkpointed.safetensors", steps=2, batch_size=2, gradient_checkpointing=True
+    )
+    train_lora(plain)
+    train_lora(recomputed)
+    assert max_difference(plain.output, recomputed.output) < EQUAL_WEIGHTS
+
+
 def test_interrupted_and_resumed_equals_uninterrupted(
     tiny_base: Path,  # noqa: F811
     toy_data: Path,  # noqa: F811

@@ -13,6 +13,7 @@ these methods.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,17 @@ class TrainingMixin:
             mapping = text_encoder_module_map(parts[component])  # type: ignore[arg-type]
             return {(key if key == "text_projection" else f"text_model.{key}"): v for key, v in mapping.items()}
         raise RefinersError(f"no {convention!r} module names for component {component!r}")
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the activations of the UNet's residual and transformer blocks in the backward pass instead
+        of keeping them: less memory for a second forward pass of those blocks. Idempotent."""
+        from torch.utils.checkpoint import checkpoint
+
+        from refiners_sd.unet.blocks import CrossAttentionBlock, ResidualBlock
+
+        for module in self._model().unet.modules():
+            if isinstance(module, ResidualBlock | CrossAttentionBlock) and "forward" not in module.__dict__:
+                module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)  # type: ignore[method-assign]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> scaled latents (the posterior mean, no gradient)."""
