@@ -107,15 +107,14 @@ class TrainingMixin:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> scaled latents (the posterior mean, no gradient)."""
         autoencoder = self._model().autoencoder
-        parameter = next(autoencoder.parameters())
         with torch.no_grad():
-            pixels = images.to(device=parameter.device, dtype=parameter.dtype) * 2 - 1
+            pixels = images.to(device=autoencoder.device, dtype=autoencoder.dtype) * 2 - 1
             return autoencoder.encode(pixels)
 
     def encode_prompts(self, prompts: list[str]) -> TrainingConditioning:
         """One text embedding per prompt (gradients flow into text-encoder adapters)."""
         model: Any = self._model()
-        device = next(model.text_encoder.parameters()).device
+        device = model.text_encoder.device
         if getattr(model, "tokenizer_2", None) is not None:
             tokens = (model.tokenizer(prompts).to(device), model.tokenizer_2(prompts).to(device))
             embedding, pooled = model.text_encoder(*tokens)
