@@ -106,6 +106,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     assert difference == 0.0
     log = [json.loads(line) for line in (broken.checkpoints / "log.jsonl").read_text().splitlines()]
     assert [record["step"] for record in log] == [1, 2, 3, 4]
+    broken.seed = 1
+    with pytest.raises(TrainError, match="step-00000004.pt was made with other settings"):
+        train_lora(broken)  # another seed would not continue the same run
 
 
 def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

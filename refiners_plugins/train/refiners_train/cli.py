@@ -98,8 +98,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _last_line(error: BaseException) -> str:
+    """The message of the exception at the end of a child process's traceback (without its class name)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    name, separator, message = lines[-1].partition(": ")
+    return message if separator and name.replace(".", "").replace("_", "").isalnum() else lines[-1]
 
 
 def register(cli: typer.Typer) -> None:

@@ -197,9 +197,9 @@ def _validation_sample(pipeline: Any, prompt: str, folder: Path, seed: int) -> A
 
 def _run(config: LoraTrainingConfig) -> list[dict[str, Any]]:
     device = torch.device(config.device)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one device per process
     group = join_group(device)
-    if device.type == "cuda" and group.world_size > 1:
-        device = torch.device("cuda", group.local_rank)
     try:
         return _train(config, device, group)
     finally:
