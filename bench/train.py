@@ -15,7 +15,8 @@ encoder are outside the measured step, as with cached latents and a frozen text 
 Sizes: ``tiny`` (the demo UNet, 16x16 latents) and ``full`` (SD1.5's UNet, random weights, ``--latent`` x
 ``--latent`` latents: 32 is 256 px images, 64 is 512 px). Each side runs in its own process (so that peak
 memory is its own): build, one warm-up step, then ``--steps`` timed steps; memory is the peak resident set
-size sampled every 5 ms during the timed steps. Median step time is printed.
+size sampled every 5 ms during the timed steps. Median wall-clock and CPU (process) time per step are printed:
+on a shared machine the CPU time is the steadier of the two.
 
 Run: ``python bench/train.py [--sizes tiny full] [--steps 3] [--latent 32] [--threads 2]``. Informative only;
 full size takes a few minutes on 2 cores and about 8 GB.
@@ -153,13 +154,14 @@ def measure(side: str, size: str, steps: int, latent: int) -> dict[str, Any]:
     """Build one side, warm up, time ``steps`` steps; returns step times and peak memory."""
     step = (build_ours if side == "ours" else build_diffusers)(size, latent)
     step()
-    times = []
+    times, cpu = [], []
     with PeakMemory() as memory:
         for _ in range(steps):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - start)
-    return {"times": times, "peak": memory.peak}
+            cpu.append(time.process_time() - start_cpu)
+    return {"times": times, "cpu": cpu, "peak": memory.peak}
 
 
 def main() -> None:
@@ -197,10 +199,11 @@ def main() -> None:
             output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
             results[side] = json.loads(output.strip().splitlines()[-1])
         ours, theirs = (statistics.median(results[side]["times"]) for side in ("ours", "diffusers"))
+        cpu_ours, cpu_theirs = (statistics.median(results[side]["cpu"]) for side in ("ours", "diffusers"))
         peak_ours, peak_theirs = (results[side]["peak"] / 1e9 for side in ("ours", "diffusers"))
         print(
-            f"| {size} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}x | {peak_ours:.2f} | {peak_theirs:.2f} | "
-            f"{peak_ours / peak_theirs:.2f}x |",
+            f"| {size} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}x | {cpu_ours:.3f} | {cpu_theirs:.3f} | "
+            f"{cpu_ours / cpu_theirs:.2f}x | {peak_ours:.2f} | {peak_theirs:.2f} | {peak_ours / peak_theirs:.2f}x |",
             flush=True,
         )
 
