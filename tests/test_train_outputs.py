@@ -72,7 +72,7 @@ def trained(tiny_base: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFa
             tiny_base,
             toy_data,
             folder / f"{layout}.safetensors",
-            steps=8,
+            steps=6,
             lr=2e-2,
             batch_size=2,
             text_encoder=True,
@@ -95,7 +95,7 @@ def test_kohya_metadata_and_alpha(trained: dict[str, Path]) -> None:
     assert json.loads(metadata["ss_tag_frequency"]) == {
         "data": {f"a {c} square": 1 for c in ("blue", "green", "red", "yellow")}
     }
-    assert json.loads(metadata["refiners_train_settings"])["steps"] == 8
+    assert json.loads(metadata["refiners_train_settings"])["steps"] == 6
     assert alphas == {8.0}
     assert any(key.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for key in keys)
     assert any(key.startswith("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.") for key in keys)
