@@ -22,3 +22,23 @@ image="$(HF_HUB_OFFLINE=1 .venv/bin/refiners generate "a red cube" --base "$demo
     --ip-adapter "$demo/ip_adapter.safetensors:$demo/reference.png:0.6" --image-encoder "$demo/image_encoder" \
     --steps 4 --seed 0 -o "$demo/out.png" | tail -n 1)"
 .venv/bin/python -c "import sys; from PIL import Image; im = Image.open(sys.argv[1]); print(sys.argv[1], im.format, im.size)" "$image"
+
+# Training: a toy dataset of solid-colour squares ("a red square", ...), a tiny LoRA trained in seconds on the
+# demo base (from Python, as in a notebook), then the same prompt without and with it, side by side.
+.venv/bin/python examples/train_toy_lora.py "$demo/base" "$demo/train"
+for with in no yes; do
+    lora=(); [ "$with" = yes ] && lora=(--lora "$demo/train/toy_lora.safetensors")
+    HF_HUB_OFFLINE=1 .venv/bin/refiners generate "a red square" --base "$demo/base" "${lora[@]}" --steps 4 --seed 0 \
+        -o "$demo/train/$with.png" | tail -n 1
+done
+.venv/bin/python - "$demo/train/no.png" "$demo/train/yes.png" "$demo/train_side_by_side.png" <<'PY'
+import sys
+from PIL import Image, ImageChops
+without, with_lora = Image.open(sys.argv[1]), Image.open(sys.argv[2])
+side = Image.new("RGB", (without.width * 2 + 4, without.height), "white")
+side.paste(without, (0, 0))
+side.paste(with_lora, (without.width + 4, 0))
+side.save(sys.argv[3])
+changed = ImageChops.difference(without.convert("RGB"), with_lora.convert("RGB")).getbbox() is not None
+print(sys.argv[3], "(without | with the trained LoRA; the LoRA changes the image:", changed, ")")
+PY

@@ -23,5 +23,6 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             base_models=("sd15", "sdxl"),
             demo="refiners_lora.demo:write_demo_lora",
             detect="refiners_lora.detect:is_lora",
+            create="refiners_lora.training:create_lora",
         )
     ]

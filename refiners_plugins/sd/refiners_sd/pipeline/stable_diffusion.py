@@ -21,6 +21,7 @@ from refiners_sd.pipeline.guidance import classifier_free_guidance, uses_guidanc
 from refiners_sd.pipeline.layout import PipelineLayout, read_layout
 from refiners_sd.pipeline.naming import component_conventions, component_module_names
 from refiners_sd.pipeline.solver_config import solver_from_config
+from refiners_sd.pipeline.training import TrainingMixin
 from refiners_sd.solvers import Solver
 from refiners_sd.unet.loading import load_unet
 from refiners_sd.unet.model import UNet
@@ -271,8 +272,12 @@ def _tokens(tokenizer: CLIPTokenizer, text: str, device: torch.device) -> torch.
     return tokenizer(text).to(device)
 
 
-class StableDiffusion1(LatentDiffusion):
-    """Stable Diffusion 1.x: CLIP ViT-L text encoder (last hidden state), SD1 UNet, KL VAE."""
+class StableDiffusion1(LatentDiffusion, TrainingMixin):
+    """Stable Diffusion 1.x: CLIP ViT-L text encoder (last hidden state), SD1 UNet, KL VAE.
+
+    Trainable (:class:`refiners_core.TrainablePipeline`) through
+    :class:`~refiners_sd.pipeline.training.TrainingMixin`.
+    """
 
     topology = "sd15"
 
@@ -313,7 +318,7 @@ class StableDiffusion1(LatentDiffusion):
         return cls(**_common_parts(layout, SD1UNet, device, dtype), solver=solver)  # type: ignore[arg-type]
 
 
-class StableDiffusionXL(LatentDiffusion):
+class StableDiffusionXL(LatentDiffusion, TrainingMixin):
     """Stable Diffusion XL: two CLIP text encoders (penultimate states, bigG's pooled projection), SDXL UNet
     with ``text_time`` conditioning, KL VAE.
 
