@@ -24,8 +24,21 @@ image="$(HF_HUB_OFFLINE=1 .venv/bin/refiners generate "a red cube" --base "$demo
 .venv/bin/python -c "import sys; from PIL import Image; im = Image.open(sys.argv[1]); print(sys.argv[1], im.format, im.size)" "$image"
 
 # Training: a toy dataset of solid-colour squares ("a red square", ...), a tiny LoRA trained in seconds on the
-# demo base (from Python, as in a notebook), then the same prompt without and with it, side by side.
-.venv/bin/python examples/train_toy_lora.py "$demo/base" "$demo/train"
+# demo base with `refiners train lora`, then the same prompt without and with it, side by side.
+# (examples/train_toy_lora.py does the same from Python, as in a notebook.)
+.venv/bin/python - "$demo/train/data" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image
+folder = Path(sys.argv[1])
+folder.mkdir(parents=True, exist_ok=True)
+for name, colour in {"red": (220, 30, 30), "green": (30, 190, 60), "blue": (30, 60, 220), "yellow": (230, 210, 30)}.items():
+    Image.new("RGB", (64, 64), colour).save(folder / f"{name}.png")
+    (folder / f"{name}.txt").write_text(f"a {name} square", encoding="utf-8")
+PY
+HF_HUB_OFFLINE=1 .venv/bin/refiners train lora --base "$demo/base" --data "$demo/train/data" \
+    -o "$demo/train/toy_lora.safetensors" --steps 60 --batch-size 4 --lr 1e-2 --rank 8 --resolution 64 --seed 0 \
+    --cache-latents | tail -n 1
 for with in no yes; do
     lora=(); [ "$with" = yes ] && lora=(--lora "$demo/train/toy_lora.safetensors")
     HF_HUB_OFFLINE=1 .venv/bin/refiners generate "a red square" --base "$demo/base" "${lora[@]}" --steps 4 --seed 0 \

@@ -28,9 +28,7 @@ def lora_config(base: Path, data: Path, output: Path, **options: Any) -> Any:
     from refiners_train.lora import LoraTrainingConfig
 
     defaults: dict[str, Any] = {"steps": 3, "lr": 1e-2, "seed": 0, "cache_latents": True}
-    return LoraTrainingConfig(
-        base=str(base), data=data, output=output, base_loader="refiners_sd:load_pipeline", **{**defaults, **options}
-    )
+    return LoraTrainingConfig(base=str(base), data=data, output=output, **{**defaults, **options})
 
 
 def max_difference(first: Path, second: Path) -> float:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from refiners_sd.solvers.schedule import alphas_cumprod, make_betas
 
@@ -63,35 +62,6 @@ class TrainingMixin:
     def prediction_type(self) -> str:
         """What the UNet predicts: ``epsilon`` (the noise) or ``v_prediction``."""
         return str(self._model().scheduler_config.get("prediction_type", "epsilon"))
-
-    # components() and module_names() are the Pipeline contract's; LatentDiffusion's own, once it has them,
-    # come first in the method resolution order and these become unused.
-
-    def components(self) -> dict[str, nn.Module]:
-        """``unet``, ``text_encoder`` (and ``text_encoder_2`` for SDXL), ``vae``."""
-        model: Any = self._model()
-        parts: dict[str, nn.Module] = {"unet": model.unet}
-        if getattr(model, "tokenizer_2", None) is not None:
-            parts["text_encoder"] = model.text_encoder.text_encoder_l
-            parts["text_encoder_2"] = model.text_encoder.text_encoder_g
-        else:
-            parts["text_encoder"] = model.text_encoder
-        parts["vae"] = model.autoencoder
-        return parts
-
-    def module_names(self, component: str, convention: str) -> dict[str, nn.Module]:
-        """diffusers names of the UNet, transformers names (``text_model.``...) of the text encoders."""
-        from refiners_core import RefinersError
-        from refiners_sd.clip.loading import text_encoder_module_map
-        from refiners_sd.unet.mapping import diffusers_module_map
-
-        parts, model = self.components(), self._model()
-        if component == "unet" and convention == "diffusers":
-            return diffusers_module_map(model.unet)
-        if component.startswith("text_encoder") and component in parts and convention == "transformers":
-            mapping = text_encoder_module_map(parts[component])  # type: ignore[arg-type]
-            return {(key if key == "text_projection" else f"text_model.{key}"): v for key, v in mapping.items()}
-        raise RefinersError(f"no {convention!r} module names for component {component!r}")
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the activations of the UNet's residual and transformer blocks in the backward pass instead
