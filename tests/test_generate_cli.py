@@ -365,3 +365,36 @@ def test_demo_assets_report_a_failing_family_and_write_the_others(
     assert len(warnings) == 1 and "the t2i family's demo failed" in warnings[0]
     assert {line.partition("=")[0] for line in lines} >= {"base", "lora", "controlnet", "ip-adapter"}
     assert not any(line.startswith("t2i") for line in lines)
+
+
+def test_vae_option_swaps_the_base_models_vae(
+    assets: Any,
+    hub_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``--vae`` is the sd base models' declared input: the same VAE gives the same image, another one changes it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    env = {**hub_env, "HF_HUB_OFFLINE": "1"}
+    env.pop("REFINERS_LOAD_PLUGINS", None)
+    other = tmp_path / "other_vae"
+    shutil.copytree(assets.base / "vae", other)
+    weights = other / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + 0.5
+    save_file(tensors, str(weights))
+
+    def png(*extra: str) -> bytes:
+        output = tmp_path / f"out{len(list(tmp_path.glob('*.png')))}.png"
+        args = ["generate", "a red cube", "--base", str(assets.base), "--steps", "2", "-o", str(output), *extra]
+        result = run_cli(env, *args, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return output.read_bytes()
+
+    plain = png()
+    assert png("--vae", str(assets.base / "vae")) == plain
+    assert png(f"--vae={other}") != plain
+    result = run_cli(env, "generate", "x", "--base", str(assets.base), "--vae", "./missing_vae", timeout=120)
+    assert result.returncode != 0 and "missing_vae" in only_error_line(result.stderr)

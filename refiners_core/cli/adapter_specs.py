@@ -9,7 +9,7 @@ stays a path; an existing local path is never split. Families' extra inputs (``A
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,7 @@ class GenerateArguments:
     prompt: str
     adapters: list[AdapterSpec] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    base_inputs: dict[str, str] = field(default_factory=dict)
 
 
 def _split_scale(text: str) -> tuple[str, float | None]:
@@ -98,15 +99,20 @@ def parse_arguments(
     adapters: Sequence[str],
     inputs: Sequence[str],
     families: Mapping[str, AdapterFamily],
+    base_inputs: Collection[str] = (),
 ) -> GenerateArguments:
     """The prompt, adapters and inputs of ``refiners generate`` from its free-form tokens (the prompt and any
     ``--FAMILY SPEC`` / ``--INPUT VALUE``), its ``--adapter`` values and its ``--input`` values.
+
+    ``base_inputs`` are the model inputs base-model families declare (``vae``): ``--vae VALUE`` (or
+    ``--input vae=VALUE``) goes to :attr:`GenerateArguments.base_inputs`.
 
     Raises:
         SpecError: a malformed value, an unknown option, a missing or repeated prompt.
     """
     family_options = _family_options(families)
     input_options = _input_options(families)
+    input_options.update({f"--{name.replace('_', '-')}": name for name in base_inputs})
     specs: list[AdapterSpec] = []
     given: dict[str, str] = {}
     positionals: list[str] = []
@@ -153,4 +159,5 @@ def parse_arguments(
     if len(positionals) != 1:
         what = "a prompt is needed" if not positionals else f"one prompt expected, got {len(positionals)}"
         raise SpecError(f"{what}: refiners generate PROMPT --base BASE [options] ({' '.join(positionals)})")
-    return GenerateArguments(prompt=positionals[0], adapters=specs, inputs=given)
+    base_given = {name: given.pop(name) for name in list(given) if name in base_inputs}
+    return GenerateArguments(prompt=positionals[0], adapters=specs, inputs=given, base_inputs=base_given)

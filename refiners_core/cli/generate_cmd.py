@@ -32,18 +32,25 @@ def _fail(error: BaseException) -> typer.Exit:
 
 def families_help() -> str:
     """The installed adapter families and their options, for ``refiners generate --help``."""
-    from refiners_core.plugins import adapter_families
+    from refiners_core.plugins import adapter_families, base_model_families
 
     families = {family.name: family for family in adapter_families().values()}
+    base_inputs = sorted({name for family in base_model_families().values() for name in family.inputs})
+    base_lines = ["Base-model inputs: " + ", ".join(f"--{name.replace('_', '-')} PATH_OR_NAME" for name in base_inputs)]
     if not families:
-        return "Installed adapter families: none (pip install a family plugin: refiners-lora, ...)."
+        return "\n\n".join(
+            [
+                "Installed adapter families: none (pip install a family plugin: refiners-lora, ...).",
+                *(base_lines if base_inputs else []),
+            ]
+        )
     lines = ["Installed adapter families (--adapter FAMILY:SPEC, or the option shown):"]
     for family in sorted(families.values(), key=lambda item: item.name):
         options = " / ".join(f"--{name}" for name in (family.name, *family.aliases))
         form = "NAME[:SCALE]" if family.takes == "nothing" else f"NAME:IMAGE[:SCALE] ({family.takes})"
         inputs = "".join(f", with --{name.replace('_', '-')} PATH_OR_NAME" for name in family.inputs)
         lines.append(f"{options} {form}{inputs}")
-    return "\n\n".join(lines)
+    return "\n\n".join([*lines, *(base_lines if base_inputs else [])])
 
 
 class GenerateCommand(TyperCommand):
@@ -126,10 +133,11 @@ def generate(
     try:
         from refiners_core.cli.adapter_specs import parse_arguments
         from refiners_core.errors import RefinersError
-        from refiners_core.plugins import adapter_families
+        from refiners_core.plugins import adapter_families, base_model_families
 
         tokens = ([prompt] if prompt is not None else []) + list(ctx.args)
-        arguments = parse_arguments(tokens, adapter, input_, adapter_families())
+        base_inputs = {name for family in base_model_families().values() for name in family.inputs}
+        arguments = parse_arguments(tokens, adapter, input_, adapter_families(), base_inputs)
         from refiners_core.cli.generate_run import GenerateRequest, run
 
         request = GenerateRequest(
@@ -139,6 +147,7 @@ def generate(
             negative_prompt=negative_prompt,
             adapters=arguments.adapters,
             inputs=arguments.inputs,
+            base_inputs=arguments.base_inputs,
             steps=steps,
             guidance=guidance,
             seed=seed,

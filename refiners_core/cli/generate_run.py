@@ -44,6 +44,7 @@ class GenerateRequest:
     negative_prompt: str | None = None
     adapters: Sequence[AdapterSpec] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    base_inputs: dict[str, str] = field(default_factory=dict)
     steps: int = 30
     guidance: float = 7.5
     seed: int = 0
@@ -165,6 +166,8 @@ def run(request: GenerateRequest, report: Report, on_step: Callable[[int, int], 
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _torch_dtype(request.dtype, device)
     options: dict[str, Any] = {} if request.solver is None else {"solver": request.solver}
+    for name, value in request.base_inputs.items():  # --vae ...: local paths or names a resolver knows
+        options[name] = resolve_name(value, report=report).path
     report(f"loading base model {request.base} ({device}, {str(dtype).removeprefix('torch.')})")
     pipeline = load_base_model(request.base, device=device, dtype=dtype, report=report, **options)
     width = request.width or pipeline.default_size

@@ -119,6 +119,8 @@ class BaseModelFamily:
         demo: ``"module:function"`` writing a tiny random pipeline of this architecture, called as
             ``demo(folder, *, seed)`` and returning the path to pass as ``--base``; ``None`` when it has none.
         options: keyword options the loader accepts beyond device and dtype (e.g. ``("vae", "solver")``).
+        inputs: those options that name another model (a local path, or a name a resolver knows), resolved to a
+            local path before the loader is called; ``refiners generate --NAME VALUE`` (``--vae``) gives them.
     """
 
     name: str
@@ -127,6 +129,7 @@ class BaseModelFamily:
     detect: str | None = None
     demo: str | None = None
     options: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
 
     def load_loader(self) -> Callable[..., Any]:
         """Import and return the loader function."""

@@ -9,6 +9,7 @@ from refiners_core import BaseModelFamily, hookimpl
 
 LOADER = "refiners_sd.base_model:load_base"
 OPTIONS = ("solver", "vae")
+INPUTS = ("vae",)  # --vae NAME_OR_FILE: a VAE folder or file replacing the pipeline's
 
 
 @hookimpl
@@ -22,6 +23,7 @@ def refiners_base_models() -> list[BaseModelFamily]:
             detect="refiners_sd.detect:detect_sd15",
             demo="refiners_sd.base_model:write_demo_base",
             options=OPTIONS,
+            inputs=INPUTS,
         ),
         BaseModelFamily(
             name="sdxl",
@@ -29,5 +31,6 @@ def refiners_base_models() -> list[BaseModelFamily]:
             loader=LOADER,
             detect="refiners_sd.detect:detect_sdxl",
             options=OPTIONS,
+            inputs=INPUTS,
         ),
     ]
