@@ -113,7 +113,7 @@ def is_acme(path):
     return path.suffix == ".acme"
 
 
-def resolve(name, *, report=None, allow_pickle=False):
+def resolve(name, *, report=None, allow_pickle=False, base_model=None):
     if name in FILES:
         return Resolved(**FILES[name])
     return None

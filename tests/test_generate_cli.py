@@ -178,6 +178,8 @@ def test_adapter_for_another_base_model(served: Served) -> None:
     result = generate(served, "--lora", f"{SDXL_LORA}:0.5", "-o", str(served.root / "x.png"))
     assert result.returncode == 1
     assert "for sdxl, but the base model is sd15" in only_error_line(result.stderr)
+    after_lora = result.stderr.split("loading lora")[-1]
+    assert "loading lora" in result.stderr and "verifying sha256" not in after_lora  # refused before any download
 
 
 def test_unreadable_image_names_the_file(served: Served) -> None:

@@ -177,9 +177,12 @@ class NameResolver:
     Attributes:
         name: the resolver's name, for messages.
         description: one line for listings.
-        resolver: ``"module:function"`` called as ``resolve(name, *, report=None, allow_pickle=False)``; returns
-            a :class:`Resolved`, or ``None`` when the name is not its to resolve. ``report`` takes one-line
-            progress messages; ``allow_pickle`` is the user's opt-in for pickled files.
+        resolver: ``"module:function"`` called as
+            ``resolve(name, *, report=None, allow_pickle=False, base_model=None)``; returns a :class:`Resolved`,
+            or ``None`` when the name is not its to resolve. ``report`` takes one-line progress messages;
+            ``allow_pickle`` is the user's opt-in for pickled files; ``base_model``, when given, is the
+            architecture the files will be used with: a name made for another one is refused with
+            :class:`refiners_core.ResolutionError` before anything is downloaded.
     """
 
     name: str

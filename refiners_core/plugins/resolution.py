@@ -115,11 +115,15 @@ def _is_path_like(text: str) -> bool:
     return text.startswith((".", "/", "~")) or "\\" in text
 
 
-def resolve_name(name: str, *, report: Report | None = None, allow_pickle: bool = False) -> Resolved:
+def resolve_name(
+    name: str, *, report: Report | None = None, allow_pickle: bool = False, base_model: str | None = None
+) -> Resolved:
     """A local path, or the local files of ``name`` as the first :class:`NameResolver` that knows it returns.
 
     A local path comes back with an empty ``family`` (the caller detects it). ``allow_pickle`` is the user's
-    opt-in for pickled files, passed to resolvers (which refuse them otherwise).
+    opt-in for pickled files, passed to resolvers (which refuse them otherwise). ``base_model`` is the
+    architecture the caller will use the files with: a resolver refuses a name made for another one before it
+    downloads anything.
 
     Raises:
         ResolutionError: not a local path, and no resolver knows the name.
@@ -131,7 +135,7 @@ def resolve_name(name: str, *, report: Report | None = None, allow_pickle: bool 
         raise ResolutionError(f"{name}: no such file or folder")
     resolvers = name_resolvers()
     for resolver in resolvers:
-        resolved = resolver.load_resolver()(name, report=report, allow_pickle=allow_pickle)
+        resolved = resolver.load_resolver()(name, report=report, allow_pickle=allow_pickle, base_model=base_model)
         if resolved is not None:
             return resolved
     if not resolvers:
@@ -199,7 +203,13 @@ def load_adapter(
         if not resolved.path.exists():
             raise ResolutionError(f"{name_or_path}: no such file or folder")
     else:
-        resolved = resolve_name(name_or_path, report=report, allow_pickle=allow_pickle)
+        architecture = getattr(target, "architecture", None)
+        resolved = resolve_name(
+            name_or_path,
+            report=report,
+            allow_pickle=allow_pickle,
+            base_model=architecture if isinstance(architecture, str) else None,
+        )
     if resolved.family == BASE_MODEL_FAMILY:
         raise ResolutionError(f"{name_or_path} is a base model, not an adapter")
     if family is not None:
