@@ -18,8 +18,11 @@ memory is its own): build, one warm-up step, then ``--steps`` timed steps; memor
 size sampled every 5 ms during the timed steps. Median wall-clock and CPU (process) time per step are printed:
 on a shared machine the CPU time is the steadier of the two.
 
-Run: ``python bench/train.py [--sizes tiny full] [--steps 3] [--latent 32] [--threads 2]``. Informative only;
-full size takes a few minutes on 2 cores and about 8 GB.
+``--rounds N`` alternates the two sides' processes N times (ours, diffusers, ours, ...) and takes the medians
+over all their steps, so that a change of load on a shared machine hits both sides alike.
+
+Run: ``python bench/train.py [--sizes tiny full] [--steps 3] [--rounds 1] [--latent 32] [--threads 2]``.
+Informative only; full size takes a few minutes on 2 cores and about 8 GB.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 
 RANK = 4
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+SIDES = ("ours", "diffusers")
 SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 
 
@@ -168,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "SIZE"), help=argparse.SUPPRESS)
@@ -180,27 +185,31 @@ def main() -> None:
 
     print(
         f"LoRA rank {RANK} on to_q/to_k/to_v/to_out.0, fp32 CPU, batch 1, torch {torch.__version__}, diffusers "
-        f"{diffusers.__version__}, {args.threads} threads, median of {args.steps} steps after 1 warm-up; full-size "
+        f"{diffusers.__version__}, {args.threads} threads, median of {args.rounds} x {args.steps} steps after "
+        f"1 warm-up each; full-size "
         f"latents {args.latent}x{args.latent}"
     )
     print(
-        "| UNet | step ours (s) | step diffusers+peft (s) | ours / diffusers | peak ours (GB) | peak diffusers (GB) ",
-        end="",
+        "| UNet | step ours (s) | step diffusers+peft (s) | ratio | CPU ours (s) | CPU diffusers (s) | ratio "
+        "| peak ours (GB) | peak diffusers (GB) | ratio |"
     )
-    print("| ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     here = Path(__file__).resolve().parent
     for size in args.sizes:
-        results = {}
-        for side in ("ours", "diffusers"):
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", side, size, "--steps", str(args.steps)]
-            command += ["--latent", str(args.latent), "--threads", str(args.threads)]
-            env = {**os.environ, "PYTHONPATH": str(here)}
-            output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-            results[side] = json.loads(output.strip().splitlines()[-1])
-        ours, theirs = (statistics.median(results[side]["times"]) for side in ("ours", "diffusers"))
-        cpu_ours, cpu_theirs = (statistics.median(results[side]["cpu"]) for side in ("ours", "diffusers"))
-        peak_ours, peak_theirs = (results[side]["peak"] / 1e9 for side in ("ours", "diffusers"))
+        results: dict[str, dict[str, Any]] = {side: {"times": [], "cpu": [], "peak": 0} for side in SIDES}
+        for _ in range(args.rounds):
+            for side in SIDES:
+                command = [sys.executable, str(Path(__file__).resolve()), "--child", side, size]
+                command += ["--steps", str(args.steps), "--latent", str(args.latent), "--threads", str(args.threads)]
+                env = {**os.environ, "PYTHONPATH": str(here)}
+                output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+                run = json.loads(output.strip().splitlines()[-1])
+                results[side]["times"] += run["times"]
+                results[side]["cpu"] += run["cpu"]
+                results[side]["peak"] = max(results[side]["peak"], run["peak"])
+        ours, theirs = (statistics.median(results[side]["times"]) for side in SIDES)
+        cpu_ours, cpu_theirs = (statistics.median(results[side]["cpu"]) for side in SIDES)
+        peak_ours, peak_theirs = (results[side]["peak"] / 1e9 for side in SIDES)
         print(
             f"| {size} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}x | {cpu_ours:.3f} | {cpu_theirs:.3f} | "
             f"{cpu_ours / cpu_theirs:.2f}x | {peak_ours:.2f} | {peak_theirs:.2f} | {peak_ours / peak_theirs:.2f}x |",

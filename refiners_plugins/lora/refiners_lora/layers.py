@@ -46,7 +46,10 @@ class Lora(rc.Chain):
         return self.scale * self.alpha / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x)) * self.effective_scale
+        scale = self.effective_scale
+        residual = self.up(self.down(x))
+        # A factor of 1 (alpha = rank, the default) is exact: skip its multiply and its backward node.
+        return residual if scale == 1.0 else residual * scale
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(down.weight, up.weight)``: both projections are weighted layers (Linear or Conv2d)."""
