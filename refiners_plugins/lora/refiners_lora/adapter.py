@@ -8,18 +8,19 @@ import torch
 from torch import nn
 
 import refiners_core as rc
+from refiners_lora.deltas.base import WeightDelta
 from refiners_lora.errors import LoraError
-from refiners_lora.layers import Lora
 
 
 class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
-    """Takes the place of a Linear or Conv2d layer: ``target(x) + sum(lora(x))`` over its LoRAs.
+    """Takes the place of a Linear or Conv2d layer: ``target(x) + sum(delta(x))`` over its weight deltas
+    (LoRA, LoHa, LoKr, DoRA...: any :class:`~refiners_lora.deltas.base.WeightDelta`).
 
-    LoRAs are children named after the LoRA they belong to, so several named LoRAs stack on the same
-    layer. LoRAs that are fused into the target's weight, or whose scale is 0, are skipped.
+    Deltas are children named after the LoRA they belong to, so several named LoRAs stack on the same
+    layer. Deltas that are fused into the target's weight, or whose scale is 0, are skipped.
     """
 
-    def __init__(self, target: nn.Module, **loras: Lora) -> None:
+    def __init__(self, target: nn.Module, **loras: WeightDelta) -> None:
         if not isinstance(target, nn.Linear | nn.Conv2d):
             raise LoraError(f"LoRA targets must be Linear or Conv2d layers, not {type(target).__name__}")
         with self.setup_adapter(target):
@@ -28,19 +29,21 @@ class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
             self.add_lora(name, lora)
 
     @property
-    def loras(self) -> dict[str, Lora]:
-        """The LoRAs of this layer by name."""
-        return {name: module for name, module in self._modules.items() if isinstance(module, Lora)}
+    def loras(self) -> dict[str, WeightDelta]:
+        """The deltas of this layer by LoRA name."""
+        return {name: module for name, module in self._modules.items() if isinstance(module, WeightDelta)}
 
-    def add_lora(self, name: str, lora: Lora) -> None:
-        """Add ``lora`` under ``name`` (a child name: no dots)."""
+    def add_lora(self, name: str, lora: WeightDelta) -> None:
+        """Add ``lora`` under ``name`` (a child name: no dots); an unbound delta is bound to the target."""
         if not name or "." in name:
             raise LoraError(f"invalid LoRA name {name!r}: it must be non-empty and contain no '.'")
         if name in self._modules:
             raise LoraError(f"this layer already has a child named {name!r}")
+        if not lora.is_bound:
+            lora.bind(self.target)
         self.append(lora, name=name)
 
-    def remove_lora(self, name: str) -> Lora:
+    def remove_lora(self, name: str) -> WeightDelta:
         """Remove and return the LoRA named ``name``."""
         lora = self.loras.get(name)
         if lora is None:
@@ -51,9 +54,9 @@ class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
     def _base(self) -> nn.Module:
         return next(iter(self._children.values()))  # the target, or an adapter stacked on it
 
-    def _active(self) -> Iterator[Lora]:
+    def _active(self) -> Iterator[WeightDelta]:
         for module in self._modules.values():
-            if isinstance(module, Lora) and not module.fused and module.scale != 0:
+            if isinstance(module, WeightDelta) and module.active:
                 yield module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

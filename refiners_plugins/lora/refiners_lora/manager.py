@@ -13,12 +13,14 @@ import refiners_core as rc
 from refiners_core.module import get_parent
 from refiners_core.weights import format_keys
 from refiners_lora.adapter import LoraAdapter
+from refiners_lora.deltas.base import WeightDelta, check_finite
+from refiners_lora.deltas.build import build_delta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats import parse_lora, read_lora_file
-from refiners_lora.formats.common import COMPONENTS, LoraWeights
-from refiners_lora.layers import Lora, lora_from_weights
+from refiners_lora.formats.common import COMPONENTS, DeltaWeights, LoraWeights
+from refiners_lora.layers import Lora
 from refiners_lora.module_map import ModuleMap, NameResolver, resolve_aliases, resolve_module_map
-from refiners_lora.writers import write_lora
+from refiners_lora.writers import write_deltas, write_lora
 
 Target = tuple[str, str]  # (component, module name)
 _MANAGER_ATTRIBUTE = "_refiners_lora_manager"
@@ -32,8 +34,10 @@ class LoraManager:
     any other Chain; ``module_map`` overrides it. ``model`` is the ``unet`` component; text encoders
     and other components can be given in ``components`` (a module or a name -> layer map each).
 
-    Several LoRAs stack on the same layers with independent scales. Every change is all-or-nothing:
-    when :meth:`add` raises, the model is exactly as before.
+    Several LoRAs stack on the same layers with independent scales; a file may mix algorithms
+    (LoRA, LoCon, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT, GLoRA). Every change is all-or-nothing:
+    when :meth:`add` raises, the model is exactly as before. The manager attaches itself to the
+    model (for :meth:`of`) only once a LoRA was added: a failed first load leaves nothing behind.
     """
 
     def __init__(
@@ -53,9 +57,8 @@ class LoraManager:
             self._maps[component] = resolve_module_map(source if isinstance(source, nn.Module) else model, source)
         self._resolvers: dict[str, NameResolver] = {}
         self._adapters: dict[Target, LoraAdapter] = {}
-        self._loras: dict[str, dict[Target, Lora]] = {}
+        self._loras: dict[str, dict[Target, WeightDelta]] = {}
         self._scales: dict[str, float] = {}
-        model.__dict__[_MANAGER_ATTRIBUTE] = self
 
     @classmethod
     def of(cls, model: nn.Module, **options: Any) -> LoraManager:
@@ -80,11 +83,15 @@ class LoraManager:
         """Names of the LoRAs currently fused into the base weights."""
         return [name for name, layers in self._loras.items() if any(lora.fused for lora in layers.values())]
 
-    def layers_of(self, name: str) -> dict[Target, Lora]:
-        """The LoRA layers of ``name`` by ``(component, module name)``."""
+    def layers_of(self, name: str) -> dict[Target, WeightDelta]:
+        """The weight deltas (LoRA layers and the other algorithms) of ``name`` by ``(component, module name)``."""
         return dict(self._require(name))
 
-    def _require(self, name: str) -> dict[Target, Lora]:
+    def algorithms_of(self, name: str) -> list[str]:
+        """The algorithms ``name`` uses (``lora``, ``loha``, ``dora``...), sorted."""
+        return sorted({delta.algorithm for delta in self._require(name).values()})
+
+    def _require(self, name: str) -> dict[Target, WeightDelta]:
         if name not in self._loras:
             raise LoraError(f"no LoRA named {name!r} (loaded: {', '.join(self._loras) or 'none'})")
         return self._loras[name]
@@ -123,6 +130,7 @@ class LoraManager:
             raise LoraError(f"invalid LoRA name {name!r}: it must be non-empty and contain no '.'")
         if name in self._loras:
             raise LoraError(f"a LoRA named {name!r} is already loaded: remove it first or pick another name")
+        scale = check_finite(f"the scale of LoRA {name!r}", scale)
         if isinstance(weights, str | Path):
             state_dict, file_metadata = read_lora_file(weights, allow_pickle=allow_pickle)
             metadata = {**file_metadata, **(metadata or {})}
@@ -132,27 +140,31 @@ class LoraManager:
         built = self._build(name, parsed.layers, parsed.invalid_keys, set(skip_components), parsed.format, scale)
         self._attach(name, built)
         self._scales[name] = float(scale)
+        self.model.__dict__[_MANAGER_ATTRIBUTE] = self
         return self
 
     def _build(
         self,
         name: str,
-        entries: list[LoraWeights],
+        entries: list[LoraWeights | DeltaWeights],
         invalid_keys: list[str],
         skip: set[str],
         layout: str,
         scale: float,
-    ) -> dict[Target, tuple[LoraAdapter, bool, Lora]]:
+    ) -> dict[Target, tuple[LoraAdapter, bool, WeightDelta]]:
         problems: list[str] = []
         if invalid_keys:
-            problems.append(f"keys of no known LoRA layout or without their down/up pair: {format_keys(invalid_keys)}")
+            problems.append(
+                "keys of no known LoRA layout, without their down/up pair or mixing algorithms: "
+                f"{format_keys(invalid_keys)}"
+            )
         unknown_skips = skip - set(COMPONENTS)
         if unknown_skips:
             problems.append(f"unknown components to skip: {', '.join(sorted(unknown_skips))}")
         missing_component: list[str] = []
         unmatched: list[str] = []
         misfit: list[str] = []
-        built: dict[Target, tuple[LoraAdapter, bool, Lora]] = {}
+        built: dict[Target, tuple[LoraAdapter, bool, WeightDelta]] = {}
         for entry in entries:
             if entry.component in skip:
                 continue
@@ -169,7 +181,7 @@ class LoraManager:
                 continue
             target = self._maps[entry.component][module]
             try:
-                lora = lora_from_weights(target, entry.down, entry.up, entry.alpha, scale)
+                lora = build_delta(target, entry, scale)
             except LoraError as error:
                 misfit.append(f"{', '.join(entry.keys)} ({error})")
                 continue
@@ -200,10 +212,10 @@ class LoraManager:
             raise LoraError(f"cannot add LoRA {name!r} ({layout}): " + "; ".join(problems))
         return built
 
-    def _attach(self, name: str, built: dict[Target, tuple[LoraAdapter, bool, Lora]]) -> None:
+    def _attach(self, name: str, built: dict[Target, tuple[LoraAdapter, bool, WeightDelta]]) -> None:
         new_adapters = [adapter for adapter, is_new, _ in built.values() if is_new]
         rc.inject_adapters(new_adapters)
-        attached: list[tuple[LoraAdapter, Lora]] = []
+        attached: list[tuple[LoraAdapter, WeightDelta]] = []
         try:
             for adapter, _, lora in built.values():
                 adapter.add_lora(name, lora)
@@ -222,12 +234,9 @@ class LoraManager:
     def set_scale(self, name: str, scale: float) -> None:
         """Change the scale of ``name``; a fused LoRA's base weights are updated by the difference."""
         layers = self._require(name)
-        scale = float(scale)
-        for (component, module), lora in layers.items():
-            if lora.fused:
-                difference = (scale - lora.scale) * lora.alpha / lora.rank
-                lora.add_delta_to(self._weight(component, module), difference)
-            lora.scale = scale
+        scale = check_finite(f"the scale of LoRA {name!r}", scale)
+        for delta in layers.values():
+            delta.rescale(scale)
         self._scales[name] = scale
 
     def remove(self, name: str) -> None:
@@ -242,6 +251,8 @@ class LoraManager:
                 del self._adapters[target_key]
         del self._loras[name]
         del self._scales[name]
+        if not self._loras and self.model.__dict__.get(_MANAGER_ATTRIBUTE) is self:
+            del self.model.__dict__[_MANAGER_ATTRIBUTE]
 
     def remove_all(self) -> None:
         """Remove every LoRA: the model gets back its exact original layers."""
@@ -249,9 +260,6 @@ class LoraManager:
             self.remove(name)
 
     # ---- fusing ----------------------------------------------------------------------------------
-
-    def _weight(self, component: str, module: str) -> torch.Tensor:
-        return self._maps[component][module].weight  # type: ignore[return-value]
 
     def fuse(self, names: Iterable[str] | None = None) -> None:
         """Merge LoRAs (default: all) into the base weights, in place: zero overhead at inference.
@@ -262,16 +270,12 @@ class LoraManager:
         for name in selected:
             self._require(name)
         for name in selected:
-            for (component, module), lora in self._loras[name].items():
-                if not lora.fused:
-                    lora.add_delta_to(self._weight(component, module), lora.effective_scale)
-                    lora.fused = True
+            for delta in self._loras[name].values():
+                delta.fuse()
 
-    def _unfuse_layers(self, layers: Mapping[Target, Lora]) -> None:
-        for (component, module), lora in layers.items():
-            if lora.fused:
-                lora.add_delta_to(self._weight(component, module), -lora.effective_scale)
-                lora.fused = False
+    def _unfuse_layers(self, layers: Mapping[Target, WeightDelta]) -> None:
+        for delta in layers.values():
+            delta.unfuse()
 
     def unfuse(self, names: Iterable[str] | None = None) -> None:
         """Take fused LoRAs (default: all) back out of the base weights (exact up to float rounding)."""
@@ -282,9 +286,15 @@ class LoraManager:
     # ---- saving ----------------------------------------------------------------------------------
 
     def state_dict_of(self, name: str) -> dict[Target, tuple[torch.Tensor, torch.Tensor, float]]:
-        """``(down, up, alpha)`` of every layer of ``name`` by ``(component, module name)``."""
+        """``(down, up, alpha)`` of every layer of ``name`` by ``(component, module name)``.
+
+        Raises:
+            LoraError: when ``name`` holds layers other than plain down/up LoRAs (see :meth:`save`).
+        """
         state: dict[Target, tuple[torch.Tensor, torch.Tensor, float]] = {}
         for target_key, lora in self._require(name).items():
+            if not isinstance(lora, Lora) or lora.mid is not None:
+                raise LoraError(f"LoRA {name!r} holds {lora.algorithm} layers: only plain LoRAs have down/up pairs")
             down, up = lora._weights()
             state[target_key] = (down.detach(), up.detach(), lora.alpha)
         return state
@@ -293,6 +303,10 @@ class LoraManager:
         """Write ``name`` to a safetensors file in ``format`` (``diffusers``, ``kohya`` or ``refiners``).
 
         Ranks and alphas are kept (diffusers files carry them in ``lora_adapter_metadata``); the user
-        scale is not part of the file.
+        scale is not part of the file. A LoRA holding other algorithms (LoHa, LoKr, DoRA...) is written
+        in kohya / LyCORIS layout with each algorithm's own key names, whatever ``format`` says.
         """
-        return write_lora(self.state_dict_of(name), path, format)
+        layers = self._require(name)
+        if all(isinstance(delta, Lora) and delta.mid is None for delta in layers.values()):
+            return write_lora(self.state_dict_of(name), path, format)
+        return write_deltas({target: delta.state() for target, delta in layers.items()}, path)
