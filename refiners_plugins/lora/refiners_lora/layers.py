@@ -102,12 +102,13 @@ class Lora(rc.Chain, WeightDelta):
         if self.mid is not None:
             WeightDelta.fuse(self)
             return
+        self._fusing()
         self.add_delta_to(self.target.weight, self.effective_scale)
         self.fused = True
 
     @torch.no_grad()
     def unfuse(self) -> None:
-        """Take the fused LoRA back out of the target's weight (exact up to float rounding)."""
+        """Take the fused LoRA back out of the target's weight (bit-exact once no LoRA is fused in it)."""
         if not self.fused:
             return
         if self.mid is not None:
@@ -115,6 +116,7 @@ class Lora(rc.Chain, WeightDelta):
             return
         self.add_delta_to(self.target.weight, -self.effective_scale)
         self.fused = False
+        self._unfused()
 
     def rescale(self, scale: float) -> None:
         """Set the user scale; a fused LoRA's target weight is updated by the difference."""

@@ -20,6 +20,9 @@ import refiners_core as rc
 from refiners_lora.errors import LoraError
 
 
+_FUSED_STATE = "_refiners_lora_fused"
+
+
 def check_finite(name: str, value: float) -> float:
     """``value`` as a float, or a :class:`LoraError` naming ``name`` when it is NaN or infinite."""
     value = float(value)
@@ -127,11 +130,35 @@ class WeightDelta(rc.Module):
         bias = self.bias_delta()
         return self.op(x, delta, None if bias is None else (bias * self.scale).to(x.dtype))
 
+    def _fusing(self) -> None:
+        # the first delta fused into a layer keeps its exact weights, so that unfusing the last one
+        # gives them back bit for bit (float additions do not cancel exactly)
+        target = self.target
+        state = target.__dict__.setdefault(_FUSED_STATE, {"count": 0, "weight": None, "bias": None})
+        if state["count"] == 0:
+            state["weight"] = target.weight.detach().clone()
+            state["bias"] = None if target.bias is None else target.bias.detach().clone()
+        state["count"] += 1
+
+    @torch.no_grad()
+    def _unfused(self) -> None:
+        target = self.target
+        state = target.__dict__.get(_FUSED_STATE)
+        if state is None:
+            return
+        state["count"] -= 1
+        if state["count"] == 0:
+            target.weight.copy_(state["weight"])
+            if state["bias"] is not None and target.bias is not None:
+                target.bias.copy_(state["bias"])
+            del target.__dict__[_FUSED_STATE]
+
     @torch.no_grad()
     def fuse(self) -> None:
         """Add the change at the current scale to the target's weight (and bias), in place."""
         if self.fused:
             return
+        self._fusing()
         weight = self.target.weight
         delta = self.delta_at(weight.float(), self.scale).to(weight.dtype)
         weight.add_(delta)
@@ -153,6 +180,7 @@ class WeightDelta(rc.Module):
             self.target.bias.sub_(self.__dict__["_fused_bias"])
         self.__dict__["_fused_weight"] = self.__dict__["_fused_bias"] = None
         self.fused = False
+        self._unfused()
 
     def rescale(self, scale: float) -> None:
         """Set the user scale (a fused delta is refused into the weight at the new scale)."""
