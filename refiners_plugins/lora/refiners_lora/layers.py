@@ -90,7 +90,9 @@ class Lora(rc.Chain, WeightDelta):
         down, up = self._weights()
         state = {"lora_down.weight": down.detach(), "lora_up.weight": up.detach()}
         if self.mid is not None:
-            state["lora_mid.weight"] = self.mid.weight.detach()  # type: ignore[union-attr]
+            mid = self.mid.weight
+            assert isinstance(mid, torch.Tensor)
+            state["lora_mid.weight"] = mid.detach()
         state["alpha"] = torch.tensor(self.alpha)
         return state
 
@@ -356,6 +358,8 @@ def lora_from_weights(
 ) -> Lora:
     """A :class:`LinearLora`, :class:`Conv2dLora` or (with ``mid``) :class:`TuckerConv2dLora` fitting
     ``target`` (a torch Linear or Conv2d)."""
+    if down.dim() == 0 or down.shape[0] == 0:
+        raise LoraError(f"LoRA rank must be positive, got lora_down of shape {tuple(down.shape)}")
     if mid is not None:
         if not isinstance(target, nn.Conv2d):
             raise LoraError(f"a LoCon Tucker core (lora_mid) needs a Conv2d target, not {type(target).__name__}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,21 @@ from refiners_lora.errors import LoraError
 from refiners_lora.formats import parse_lora, read_lora_file
 from refiners_lora.formats.common import COMPONENTS, DeltaWeights, LoraWeights
 from refiners_lora.layers import Lora
+from refiners_lora.metadata import read_lora_metadata
 from refiners_lora.module_map import ModuleMap, NameResolver, resolve_aliases, resolve_module_map
 from refiners_lora.writers import write_deltas, write_lora
 
 Target = tuple[str, str]  # (component, module name)
 _MANAGER_ATTRIBUTE = "_refiners_lora_manager"
+
+
+def model_architecture(model: nn.Module) -> str | None:
+    """The architecture name a model declares (``architecture``, or a UNet's ``topology``: ``sd15``, ``sdxl``)."""
+    for attribute in ("architecture", "topology"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class LoraManager:
@@ -45,11 +55,13 @@ class LoraManager:
         model: nn.Module,
         module_map: ModuleMap | nn.Module | None = None,
         components: Mapping[str, ModuleMap | nn.Module] | None = None,
+        architecture: str | None = None,
     ) -> None:
         existing = model.__dict__.get(_MANAGER_ATTRIBUTE)
         if existing is not None and existing.names:
             raise LoraError("this model already has a LoraManager holding LoRAs: use LoraManager.of(model)")
         self.model = model
+        self.architecture = architecture or model_architecture(model)
         self._maps: dict[str, dict[str, nn.Module]] = {"unet": resolve_module_map(model, module_map)}
         for component, source in (components or {}).items():
             if component not in COMPONENTS:
@@ -119,7 +131,9 @@ class LoraManager:
         """Load the LoRA ``weights`` (a file, a folder holding one, or a state dict) under ``name``.
 
         The format is detected from the keys (``format`` forces one); modules are matched by name.
-        ``skip_components`` deliberately ignores whole components (e.g. ``("text_encoder",)``).
+        ``skip_components`` deliberately ignores whole components (e.g. ``("text_encoder",)``). A file
+        whose header says it was trained for another architecture (kohya ``ss_base_model_version``,
+        ``modelspec.architecture``) is refused before any key matching.
 
         Raises:
             LoraError: listing every offending key: keys of no known layout, incomplete down/up
@@ -136,6 +150,7 @@ class LoraManager:
             metadata = {**file_metadata, **(metadata or {})}
         else:
             state_dict = dict(weights)
+        self._check_architecture(name, weights, metadata)
         parsed = parse_lora(state_dict, metadata, format=format)
         built = self._build(name, parsed.layers, parsed.invalid_keys, set(skip_components), parsed.format, scale)
         self._attach(name, built)
@@ -143,10 +158,23 @@ class LoraManager:
         self.model.__dict__[_MANAGER_ATTRIBUTE] = self
         return self
 
+    def _check_architecture(
+        self, name: str, weights: str | Path | Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
+    ) -> None:
+        trained_for = read_lora_metadata(metadata or {})
+        if trained_for.base_model is None or self.architecture is None:
+            return
+        if trained_for.base_model != self.architecture:
+            source = weights if isinstance(weights, str | Path) else f"LoRA {name!r}"
+            raise LoraError(
+                f"{source} was trained for {trained_for.base_model} ({trained_for.base_model_source}) but the "
+                f"model is {self.architecture}: load it on a {trained_for.base_model} model"
+            )
+
     def _build(
         self,
         name: str,
-        entries: list[LoraWeights | DeltaWeights],
+        entries: Sequence[LoraWeights | DeltaWeights],
         invalid_keys: list[str],
         skip: set[str],
         layout: str,

@@ -19,7 +19,6 @@ from torch import nn
 import refiners_core as rc
 from refiners_lora.errors import LoraError
 
-
 _FUSED_STATE = "_refiners_lora_fused"
 
 

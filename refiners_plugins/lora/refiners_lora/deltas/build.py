@@ -27,7 +27,9 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
         if not {"lora_down.weight", "lora_up.weight"} <= set(tensors):
             raise LoraError("a LoRA layer needs both lora_down.weight and lora_up.weight")
         mid = tensors.get("lora_mid.weight")
-        return lora_from_weights(target, tensors["lora_down.weight"], tensors["lora_up.weight"], entry.alpha, scale, mid)
+        return lora_from_weights(
+            target, tensors["lora_down.weight"], tensors["lora_up.weight"], entry.alpha, scale, mid
+        )
     if algorithm == "loha":
         return LohaDelta(target, tensors, entry.alpha, scale)
     if algorithm == "lokr":

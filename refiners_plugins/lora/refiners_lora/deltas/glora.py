@@ -25,9 +25,7 @@ class GloraDelta(WeightDelta):
         if missing:
             raise LoraError(f"GLoRA needs {', '.join(NAMES)}; missing {', '.join(missing)}")
         like = self.target.weight
-        self.factors = nn.ParameterDict(
-            {name.split(".")[0]: nn.Parameter(tensors[name].to(like)) for name in NAMES}
-        )
+        self.factors = nn.ParameterDict({name.split(".")[0]: nn.Parameter(tensors[name].to(like)) for name in NAMES})
         self.rank = int(tensors["a2.weight"].shape[0])
         if self.rank <= 0:
             raise LoraError("GLoRA rank must be positive, got 0")

@@ -8,6 +8,8 @@ applies only when a factor is decomposed (the rank is that factor's); two whole 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ class LokrDelta(WeightDelta):
         self.factor = 1.0 if rank is None or not alpha else alpha / rank
         self.delta(like)
 
-    def _w2(self, p: dict[str, torch.Tensor], weight: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    def _w2(self, p: Mapping[str, torch.Tensor], weight: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
         if "lokr_w2" in p:
             return p["lokr_w2"]
         if "lokr_t2" in p:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -53,7 +54,7 @@ class ParsedLora:
     """
 
     format: str
-    layers: list[LoraWeights | DeltaWeights]
+    layers: Sequence[LoraWeights | DeltaWeights]
     invalid_keys: list[str] = field(default_factory=list)
 
 

@@ -26,7 +26,9 @@ from refiners_lora.formats.common import (
 
 _COMPONENTS = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
 _SUFFIXES = sorted([*ALGORITHM_SUFFIXES, *SHARED_SUFFIXES], key=len, reverse=True)
-_KEY = re.compile(r"^(lora_unet|lora_te|lora_te1|lora_te2|lycoris)_(.+?)\.(" + "|".join(map(re.escape, _SUFFIXES)) + r")$")
+_KEY = re.compile(
+    r"^(lora_unet|lora_te|lora_te1|lora_te2|lycoris)_(.+?)\.(" + "|".join(map(re.escape, _SUFFIXES)) + r")$"
+)
 PREFIXES = (*(f"lora_{prefix}_" for prefix in _COMPONENTS), "lycoris_")
 _PLAIN = {"lora_down.weight", "lora_up.weight", "alpha"}
 
