@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import refiners_core as rc
 from refiners_lora.deltas.base import WeightDelta
 from refiners_lora.errors import LoraError
+from refiners_lora.layers import Conv2dLora, LinearLora, Lora
 
 
 class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
@@ -61,6 +63,35 @@ class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         result = self._base()(x)
-        for lora in self._active():
-            result = result + lora(x)
+        plain: list[Lora] = []
+        for delta in self._active():
+            if type(delta) in (LinearLora, Conv2dLora):
+                plain.append(delta)  # type: ignore[arg-type]
+            else:
+                result = result + delta(x)
+        if len(plain) == 1:
+            result = result + plain[0](x)
+        elif plain:
+            result = result + _stacked(plain, x)
         return result
+
+
+def _stacked(loras: list[Lora], x: torch.Tensor) -> torch.Tensor:
+    """``sum(lora(x))`` for several plain LoRAs of one layer as one down and one up projection: their
+    ``down`` weights concatenated along the rank, each rank row scaled by its LoRA's factor, then their
+    ``up`` weights concatenated along the rank (8 LoRAs cost about one of the summed rank)."""
+    pairs = [lora._weights() for lora in loras]
+    downs = [down for down, _ in pairs]
+    ups = [up for _, up in pairs]
+    factors = torch.cat(
+        [torch.full((lora.rank,), lora.effective_scale, device=x.device, dtype=x.dtype) for lora in loras]
+    )
+    down = torch.cat(downs)
+    up = torch.cat(ups, dim=1) * factors.view(1, -1, *[1] * (ups[0].dim() - 2))
+    first = loras[0]
+    if isinstance(first, LinearLora):
+        return F.linear(F.linear(x, down), up)
+    conv = first.down
+    assert isinstance(conv, nn.Conv2d)
+    hidden = conv._conv_forward(x, down, None)
+    return F.conv2d(hidden, up)

@@ -257,6 +257,126 @@ class LoraManager:
             self._adapters[target_key] = adapter
         self._loras[name] = {target_key: lora for target_key, (_, _, lora) in built.items()}
 
+    # ---- hot-swap (torch.compile) -------------------------------------------------------------
+
+    def _parse(
+        self, name: str, weights: str | Path | Mapping[str, torch.Tensor], allow_pickle: bool = False
+    ) -> list[tuple[Target, LoraWeights]]:
+        """Read ``weights`` and resolve every layer to a target; only plain LoRA / LoCon layers."""
+        if isinstance(weights, str | Path):
+            state_dict, metadata = read_lora_file(weights, allow_pickle=allow_pickle)
+        else:
+            state_dict, metadata = dict(weights), {}
+        self._check_architecture(name, weights, metadata)
+        parsed = parse_lora(state_dict, metadata)
+        problems: list[str] = []
+        if parsed.invalid_keys:
+            problems.append(f"keys of no known LoRA layout: {format_keys(parsed.invalid_keys)}")
+        resolved: list[tuple[Target, LoraWeights]] = []
+        for entry in parsed.layers:
+            if not isinstance(entry, LoraWeights):
+                problems.append(f"{entry.algorithm} layers cannot be hot-swapped: {format_keys(list(entry.keys))}")
+                continue
+            module = (
+                self._resolver(entry.component).resolve(entry.name, entry.underscored)
+                if (entry.component in self._maps)
+                else None
+            )
+            if module is None:
+                problems.append(f"keys matching no module of the model: {format_keys(list(entry.keys))}")
+                continue
+            resolved.append(((entry.component, module), entry))
+        if problems:
+            raise LoraError(f"cannot hot-swap LoRA {name!r}: " + "; ".join(problems))
+        return resolved
+
+    def add_hotswappable(
+        self,
+        name: str,
+        weights: str | Path | Mapping[str, torch.Tensor],
+        *,
+        max_rank: int,
+        targets: Iterable[str | Target] = (),
+        scale: float = 1.0,
+        allow_pickle: bool = False,
+    ) -> LoraManager:
+        """Load a plain LoRA / LoCon as ``name`` so that :meth:`hotswap` can later replace it by another
+        file without changing any shape, module or Python attribute: a ``torch.compile``-d model does
+        not recompile.
+
+        Every layer gets rank ``max_rank`` (zero-padded); ``targets`` (module names of the UNet, or
+        ``(component, module)`` pairs) adds zero LoRAs on layers later files may target. Hot-swappable
+        LoRAs are never fused and take their scale from a tensor buffer.
+        """
+        from refiners_lora.hotswap import PaddedLora
+
+        if name in self._loras:
+            raise LoraError(f"a LoRA named {name!r} is already loaded: remove it first or pick another name")
+        scale = check_finite(f"the scale of LoRA {name!r}", scale)
+        resolved = dict(self._parse(name, weights, allow_pickle))
+        wanted = [target if isinstance(target, tuple) else ("unet", target) for target in targets]
+        problems = [
+            f"{component}:{module}" for component, module in wanted if module not in self._maps.get(component, {})
+        ]
+        if problems:
+            raise LoraError(f"hot-swap targets matching no module of the model: {', '.join(problems)}")
+        built: dict[Target, tuple[LoraAdapter, bool, WeightDelta]] = {}
+        misfit: list[str] = []
+        for target_key in [*resolved, *(key for key in wanted if key not in resolved)]:
+            target = self._maps[target_key[0]][target_key[1]]
+            padded = PaddedLora.empty(target, max_rank, scale)
+            entry = resolved.get(target_key)
+            if entry is not None:
+                try:
+                    padded.check(entry.down, entry.up)
+                except LoraError as error:
+                    misfit.append(f"{', '.join(entry.keys)} ({error})")
+                    continue
+                padded.load(entry.down, entry.up, entry.alpha)
+            adapter = self._adapters.get(target_key)
+            built[target_key] = (adapter or LoraAdapter(target), adapter is None, padded)
+        if misfit:
+            raise LoraError(f"cannot add LoRA {name!r}: keys that do not fit: {format_keys(misfit, limit=10)}")
+        self._attach(name, built)
+        self._scales[name] = scale
+        self.model.__dict__[_MANAGER_ATTRIBUTE] = self
+        return self
+
+    def hotswap(
+        self, name: str, weights: str | Path | Mapping[str, torch.Tensor], *, allow_pickle: bool = False
+    ) -> None:
+        """Replace the LoRA loaded by :meth:`add_hotswappable` as ``name`` by ``weights``, in place.
+
+        Raises:
+            LoraError: a layer outside the targets fixed up front, a rank above ``max_rank``, a layer
+                that is not a plain LoRA: nothing is changed then.
+        """
+        from refiners_lora.hotswap import PaddedLora
+
+        slots = self._require(name)
+        if not all(isinstance(delta, PaddedLora) for delta in slots.values()):
+            raise LoraError(f"LoRA {name!r} was not loaded with add_hotswappable")
+        resolved = dict(self._parse(name, weights, allow_pickle))
+        problems: list[str] = []
+        for target_key, entry in resolved.items():
+            slot = slots.get(target_key)
+            if slot is None:
+                problems.append(f"{', '.join(entry.keys)} (not a hot-swap target: pass it in targets= up front)")
+                continue
+            try:
+                slot.check(entry.down, entry.up)  # type: ignore[operator]
+            except LoraError as error:
+                problems.append(f"{', '.join(entry.keys)} ({error})")
+        if problems:
+            raise LoraError(f"cannot hot-swap LoRA {name!r}: {format_keys(problems, limit=10)}")
+        for target_key, slot in slots.items():
+            assert isinstance(slot, PaddedLora)
+            new = resolved.get(target_key)
+            if new is None:
+                slot.load(None, None, None)
+            else:
+                slot.load(new.down, new.up, new.alpha)
+
     # ---- changing --------------------------------------------------------------------------------
 
     def set_scale(self, name: str, scale: float) -> None:
