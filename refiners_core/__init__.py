@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from refiners_core.errors import (
     AdapterError,
     ChainError,
+    ConfigError,
     ContextError,
     PickleRefusedError,
     PluginError,
@@ -60,6 +61,7 @@ _LAZY: dict[str, str] = {
     "Adapter": "refiners_core.adapter",
     "inject_adapters": "refiners_core.adapter",
     "eject_adapters": "refiners_core.adapter",
+    "unwrap_adapters": "refiners_core.adapter",
     "AdapterGroup": "refiners_core.adapter_group",
     # contracts (protocols) and resolution through the hooks
     "Pipeline": "refiners_core.contracts",
@@ -115,6 +117,14 @@ _LAZY: dict[str, str] = {
     "save_state_dict": "refiners_core.weights",
     "load_tensors": "refiners_core.weights",
     "save_model_folder": "refiners_core.weights",
+    "cast_state_dict": "refiners_core.weights",
+    "load_weight_files": "refiners_core.weights",
+    "find_weight_files": "refiners_core.model_folder",
+    "is_pickle_name": "refiners_core.model_folder",
+    "PICKLE_SUFFIXES": "refiners_core.model_folder",
+    "read_config": "refiners_core.config",
+    "config_from_dict": "refiners_core.config",
+    "resolve_config": "refiners_core.config",
     "load_by_module_map": "refiners_core.module_map",
     "convert_by_module_map": "refiners_core.module_map",
     "state_dict_by_module_map": "refiners_core.module_map",
@@ -128,6 +138,7 @@ __all__ = [
     "AdapterFamily",
     "BaseModelFamily",
     "ChainError",
+    "ConfigError",
     "DemoAsset",
     "NameResolver",
     "Resolved",
@@ -149,7 +160,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 if TYPE_CHECKING:  # static analysers see every name eagerly
-    from refiners_core.adapter import Adapter, eject_adapters, inject_adapters
+    from refiners_core.adapter import Adapter, eject_adapters, inject_adapters, unwrap_adapters
     from refiners_core.adapter_group import AdapterGroup
     from refiners_core.chain import Chain
     from refiners_core.combinators import (
@@ -163,6 +174,7 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
         Return,
         Sum,
     )
+    from refiners_core.config import config_from_dict, read_config, resolve_config
     from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext, provider_of
     from refiners_core.contracts import ImageAdapter, ImageInput, LoadedAdapter, Pipeline
     from refiners_core.images import image_to_tensor
@@ -193,7 +205,15 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
     from refiners_core.layers.linear import Linear
     from refiners_core.layers.norm import GroupNorm, LayerNorm
     from refiners_core.layers.sampling import Downsample, Interpolate, Upsample
+    from refiners_core.model_folder import PICKLE_SUFFIXES, find_weight_files, is_pickle_name
     from refiners_core.module import Module, WeightedModule, get_parent
     from refiners_core.module_map import convert_by_module_map, load_by_module_map, state_dict_by_module_map
     from refiners_core.plugins.resolution import ResolutionError, load_adapter, load_base_model
-    from refiners_core.weights import load_state_dict, load_tensors, save_model_folder, save_state_dict
+    from refiners_core.weights import (
+        cast_state_dict,
+        load_state_dict,
+        load_tensors,
+        load_weight_files,
+        save_model_folder,
+        save_state_dict,
+    )

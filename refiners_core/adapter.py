@@ -126,3 +126,13 @@ def eject_adapters(adapters: Iterable[Adapter[Any]]) -> None:
     """Eject adapters in the given order (any order is valid)."""
     for adapter in adapters:
         adapter.eject()
+
+
+def unwrap_adapters(module: Any) -> Any:
+    """The layer under any adapters injected on ``module`` (``module`` itself when it is no adapter).
+
+    Follows ``target`` through stacked adapters down to the original layer.
+    """
+    while isinstance(module, Adapter):
+        module = module.target
+    return module

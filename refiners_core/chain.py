@@ -206,6 +206,30 @@ class Chain(Module):
         return list(self._children.values())[self._index(key)]  # type: ignore[return-value]
 
     @property
+    def device(self) -> torch.device:
+        """The device of the chain's first parameter.
+
+        Raises:
+            ChainError: the chain holds no parameter (its device is undefined), naming the chain.
+        """
+        return self._first_parameter("device").device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the chain's first parameter.
+
+        Raises:
+            ChainError: the chain holds no parameter (its dtype is undefined), naming the chain.
+        """
+        return self._first_parameter("dtype").dtype
+
+    def _first_parameter(self, what: str) -> torch.Tensor:
+        parameter = next(self.parameters(), None)
+        if parameter is None:
+            raise ChainError(f"{type(self).__name__} has no parameters: its {what} is undefined")
+        return parameter
+
+    @property
     def children_names(self) -> list[str]:
         """Names of the direct children, in order."""
         return list(self._modules)

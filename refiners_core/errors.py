@@ -26,6 +26,14 @@ class WeightsError(RefinersError):
     """A weight file could not be read, or its keys or shapes do not fit the model."""
 
 
+class ConfigError(WeightsError, ValueError):
+    """A model config (``config.json`` or a mapping) could not be read, or a field is unknown, missing or mistyped.
+
+    A :class:`WeightsError` (a model folder is unusable) and a ``ValueError`` (a bad value), so handlers of either
+    keep working.
+    """
+
+
 class PickleRefusedError(WeightsError):
     """A pickled weight file was given without an explicit opt-in."""
 

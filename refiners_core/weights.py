@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from refiners_core.errors import PickleRefusedError, WeightsError
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+from refiners_core.model_folder import PICKLE_SUFFIXES
 
 
 def _is_pickle(path: Path) -> bool:
@@ -33,6 +32,20 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         return tensor.to(dtype)
     return tensor
+
+
+def cast_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """A copy of ``state_dict`` moved to ``device`` (when given), floating tensors cast to ``dtype`` (when given).
+
+    Integer and boolean tensors keep their dtype; tensors already in place are not copied.
+    """
+    return {
+        key: _cast(value.to(device=device) if device is not None else value, dtype) for key, value in state_dict.items()
+    }
 
 
 def load_tensors(
@@ -74,6 +87,20 @@ def load_tensors(
 
 
 load_state_dict = load_tensors
+
+
+def load_weight_files(
+    files: Iterable[str | Path],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files`` (the shards of one checkpoint, as :func:`find_weight_files` lists them) in one
+    state dict, each file read with :func:`load_tensors`."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_tensors(file, device=device, dtype=dtype, allow_pickle=allow_pickle))
+    return state
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -26,7 +26,7 @@ from sd_fixtures import (
     run_refiners,
 )
 
-from refiners_core import Adapter, Chain, Linear, WeightsError
+from refiners_core import Adapter, Chain, ConfigError, Linear, WeightsError
 from refiners_core.module import Module
 
 TOLERANCE = 1e-4
@@ -289,7 +289,7 @@ def test_single_file_with_config(tmp_path: Path) -> None:
     single.parent.mkdir()
     shutil.copy(path / "diffusion_pytorch_model.safetensors", single)
     config = json.loads((path / "config.json").read_text())
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="UNet config not found"):
         refiners_sd.load_unet(single)
     unet = refiners_sd.load_unet(single, config=config)
     assert isinstance(unet, SDXLUNet)

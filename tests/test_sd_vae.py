@@ -146,3 +146,17 @@ def test_pil_round_trip() -> None:
     tensor = image_to_tensor(image)
     assert tensor.shape == (1, 3, 8, 6) and tensor.min() >= -1 and tensor.max() <= 1
     assert torch.equal(torch.from_numpy(numpy.array(tensor_to_image(tensor))), pixels)
+
+
+def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
+    from refiners_sd.vae.config import AutoencoderConfig
+
+    from refiners_core import ConfigError
+
+    with pytest.raises(ConfigError, match=r"VAE config: field 'latent_channels' should be int, got '4'"):
+        AutoencoderConfig.from_dict({"latent_channels": "4"})
+    (tmp_path / "config.json").write_text('{"act_fn": "gelu"}')
+    with pytest.raises(ConfigError, match="config.json: unsupported VAE act_fn 'gelu'"):
+        AutoencoderConfig.from_file(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="VAE config not found"):
+        AutoencoderKL.from_diffusers(tmp_path / "absent")

@@ -30,11 +30,12 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from refiners_core.model_folder import PICKLE_SUFFIXES, is_pickle_name
 from refiners_registry.errors import CatalogError
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
     "validate_relative_path",
     "validate_sha256",
 ]
-
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._+-]*(/[a-z0-9][a-z0-9._+-]*)*")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -150,9 +149,7 @@ class CatalogIssue:
         return f"{where}: {self.message}"
 
 
-def is_pickle_path(path: str) -> bool:
-    """Whether a file path names a pickled format (``.bin``, ``.pt``, ``.ckpt``, ...)."""
-    return PurePosixPath(path).suffix.lower() in PICKLE_SUFFIXES
+is_pickle_path = is_pickle_name  # the core's list of pickled suffixes (``.bin``, ``.pt``, ``.ckpt``, ...)
 
 
 def validate_relative_path(path: object) -> str:

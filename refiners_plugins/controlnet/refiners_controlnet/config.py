@@ -6,7 +6,6 @@ A ControlNet's encoder is a copy of a UNet's encoder, so most fields are those o
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from refiners_sd import UNetConfig, UnsupportedConfigError
 
 from refiners_core import AdapterError, WeightsError
+from refiners_core.config import read_config
 
 __all__ = ["ControlNetConfig", "check_compatible", "infer_config", "read_config", "residual_layout"]
 
@@ -81,7 +81,7 @@ class ControlNetConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> ControlNetConfig:
         """Read and validate a ``config.json`` (or the ``config.json`` inside a folder)."""
-        return cls.from_dict(read_config(path))
+        return cls.from_dict(read_config(path, "ControlNet config"))
 
     @property
     def downscale(self) -> int:
@@ -107,20 +107,6 @@ class ControlNetConfig:
             global_pool_conditions=self.global_pool_conditions,
         )
         return config
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """Read a ``config.json`` (``path`` may be the file or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise WeightsError(f"cannot read ControlNet config {path}: {error}") from error
-    if not isinstance(config, dict):
-        raise WeightsError(f"{path} does not hold a JSON object")
-    return config
 
 
 def residual_layout(config: UNetConfig) -> list[tuple[int, int]]:

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 from refiners_sd import UNetConfig, ldm_to_diffusers_name
-from refiners_sd.unet.loading import WEIGHTS_NAME, find_weight_files
+from refiners_sd.unet.loading import WEIGHTS_NAME
 
-from refiners_controlnet.config import ControlNetConfig, infer_config, read_config
+from refiners_controlnet.config import ControlNetConfig, infer_config
 from refiners_core import WeightsError
-from refiners_core.weights import load_tensors
+from refiners_core.config import read_config, resolve_config
+from refiners_core.model_folder import find_weight_files
+from refiners_core.weights import cast_state_dict, load_weight_files
 
 __all__ = ["ORIGINAL_PREFIX", "detect_format", "original_to_diffusers", "read_controlnet_weights"]
 
@@ -97,25 +99,11 @@ def original_to_diffusers(
     return renamed
 
 
-def _folder_files(folder: Path, variant: str | None) -> list[Path]:
-    try:
-        return find_weight_files(folder, variant)
-    except WeightsError:
-        pickled = folder / (f"{WEIGHTS_NAME}.{variant}.bin" if variant else f"{WEIGHTS_NAME}.bin")
-        if pickled.is_file():
-            return [pickled]  # refused by load_tensors unless allow_pickle=True
-        raise WeightsError(
-            f"no ControlNet weights in {folder}: expected {WEIGHTS_NAME}"
-            + (f".{variant}" if variant else "[.fp16]")
-            + ".safetensors"
-        ) from None
-
-
 def _config_beside(path: Path) -> dict[str, Any] | None:
     candidate = path / "config.json" if path.is_dir() else path.parent / "config.json"
     if not candidate.is_file():
         return None
-    config = read_config(candidate)
+    config = read_config(candidate, "ControlNet config")
     if path.is_dir() or config.get("_class_name") == "ControlNetModel":
         return config
     return None
@@ -143,32 +131,29 @@ def read_controlnet_weights(
     found_config: dict[str, Any] | None = None
     if isinstance(weights, Mapping):
         source = "ControlNet state dict"
-        state = {key: value.to(device=device) if device is not None else value for key, value in weights.items()}
-        if dtype is not None:
-            state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
+        state = cast_state_dict(weights, device, dtype)
     else:
         path = Path(weights)
         source = str(path)
         if not path.exists():
             raise WeightsError(f"ControlNet weights not found: {path}")
-        files = _folder_files(path, variant) if path.is_dir() else [path]
-        state = {}
-        for file in files:
-            state.update(load_tensors(file, device=device, dtype=dtype, allow_pickle=allow_pickle))
+        files = (
+            find_weight_files(path, WEIGHTS_NAME, variant=variant, allow_pickle=allow_pickle, what="ControlNet weights")
+            if path.is_dir()
+            else [path]
+        )
+        state = load_weight_files(files, device=device, dtype=dtype, allow_pickle=allow_pickle)
         if config is None:
             found_config = _config_beside(path)
     layout = detect_format(state, source)
     if layout == "lllyasviel":
         state = original_to_diffusers(state, unet, source)
         found_config = None  # a diffusers config.json does not describe an original-layout file
-    if isinstance(config, ControlNetConfig):
-        resolved = config
-    elif isinstance(config, Mapping):
-        resolved = ControlNetConfig.from_dict(config)
-    elif config is not None:
-        resolved = ControlNetConfig.from_file(config)
-    elif found_config is not None:
-        resolved = ControlNetConfig.from_dict(found_config)
-    else:
-        resolved = ControlNetConfig.from_dict(infer_config(state, unet, source))
+    found = found_config
+    resolved = resolve_config(
+        config,
+        ControlNetConfig,
+        default=lambda: ControlNetConfig.from_dict(found if found is not None else infer_config(state, unet, source)),
+        what="ControlNet config",
+    )
     return state, resolved, source

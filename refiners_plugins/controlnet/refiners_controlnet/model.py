@@ -51,12 +51,6 @@ Device = torch.device | str | None
 _ENCODER_PREFIXES = ("time_embedding", "add_embedding", "conv_in", "down_blocks", "mid_block")
 
 
-def _unwrap(module: Any) -> Any:
-    while isinstance(module, Adapter):
-        module = module.target
-    return module
-
-
 def guess_mode_factors(count: int) -> list[float]:
     """Per-residual factors of guess mode: ``count`` values log-spaced from 0.1 to 1.0 (the middle gets 1.0)."""
     return [float(value) for value in torch.logspace(-1, 0, count)]
@@ -197,11 +191,10 @@ class ControlNet(Chain, Adapter[ResetResiduals]):
         if not isinstance(config, ControlNetConfig):
             config = ControlNetConfig.from_dict(config)
         check_compatible(config, target.config, f"ControlNet {name!r}")
-        reference = next(target.parameters(), None)
         if device is None:
-            device = reference.device if reference is not None else None
+            device = target.device
         if dtype is None:
-            dtype = reference.dtype if reference is not None else None
+            dtype = target.dtype
         encoder = ControlNetEncoder(config, name, device="meta", dtype=dtype)
         if torch.device(device or "cpu").type != "meta":
             encoder.to_empty(device=device)
@@ -252,9 +245,8 @@ class ControlNet(Chain, Adapter[ResetResiduals]):
         """
         from refiners_controlnet.formats import read_controlnet_weights
 
-        reference = next(unet.parameters(), None)
-        device = device if device is not None else (reference.device if reference is not None else None)
-        dtype = dtype if dtype is not None else (reference.dtype if reference is not None else None)
+        device = device if device is not None else unet.device
+        dtype = dtype if dtype is not None else unet.dtype
         state, resolved, source = read_controlnet_weights(
             path, unet.config, config=config, variant=variant, device=device, dtype=dtype, allow_pickle=allow_pickle
         )

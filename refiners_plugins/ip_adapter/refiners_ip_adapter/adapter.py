@@ -14,7 +14,8 @@ from torch import nn
 
 import refiners_core as rc
 from refiners_core import AdapterError, WeightsError
-from refiners_core.module_map import convert_by_module_map
+from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
+from refiners_core.weights import cast_state_dict
 from refiners_ip_adapter.attention import IP_ADAPTER_CONTEXT, DecoupledCrossAttention, ImageCrossAttention
 from refiners_ip_adapter.formats import (
     IPAdapterWeights,
@@ -42,9 +43,22 @@ def _cross_attention_names(unet: UNet) -> list[str]:
     return [name for name in attention_processor_names(unet) if name.endswith(".attn2")]
 
 
-def _unet_device_dtype(unet: nn.Module) -> tuple[torch.device, torch.dtype]:
-    parameter = next(unet.parameters())
-    return parameter.device, parameter.dtype
+class IPAdapterModules(nn.ModuleList):
+    """The image projection and every image branch of an :class:`IPAdapter` in one module, so that its weights
+    load and save through one h94 module map (the layers keep their places in the adapter)."""
+
+    def __init__(self, adapter: IPAdapter) -> None:
+        super().__init__([adapter.image_proj, *adapter.image_attentions])
+        self.adapter = adapter
+
+    def h94_module_map(self) -> dict[str, nn.Module]:
+        """h94 module names -> our layers: ``image_proj.*``, then ``ip_adapter.{2i+1}.to_k_ip/to_v_ip`` for the
+        ``i``-th cross-attention in diffusers' processor order."""
+        mapping = projection_module_map(self.adapter.image_proj)
+        for index, branch in enumerate(self.adapter.image_attentions):
+            mapping[f"ip_adapter.{2 * index + 1}.to_k_ip"] = branch.to_k_ip
+            mapping[f"ip_adapter.{2 * index + 1}.to_v_ip"] = branch.to_v_ip
+        return mapping
 
 
 class IPAdapter:
@@ -85,9 +99,8 @@ class IPAdapter:
             raise AdapterError(f"IP-Adapters patch refiners-sd UNets, not {type(unet).__name__}")
         if not name or "." in name:
             raise AdapterError(f"invalid IP-Adapter name {name!r}: it must be non-empty and contain no '.'")
-        unet_device, unet_dtype = _unet_device_dtype(unet)
-        device = device if device is not None else unet_device
-        dtype = dtype if dtype is not None else unet_dtype
+        device = device if device is not None else unet.device
+        dtype = dtype if dtype is not None else unet.dtype
         token_dim = image_proj.layer("LayerNorm", rc.LayerNorm).normalized_shape[0]  # the last norm (norm_out)
         modules = diffusers_module_map(unet, leaves_only=False)
         self.unet = unet
@@ -143,7 +156,7 @@ class IPAdapter:
                 the UNet (e.g. an SDXL file on an SD1.5 UNet), or a count of ``ip_adapter.*`` layers
                 that does not match the UNet's cross-attentions.
         """
-        device, dtype = _unet_device_dtype(unet)
+        device, dtype = unet.device, unet.dtype
         if isinstance(weights, str | Path):
             source = str(weights)
             state_dict = read_h94(weights, device=device, dtype=dtype, allow_pickle=allow_pickle)
@@ -166,18 +179,13 @@ class IPAdapter:
         image_encoder: CLIPImageEncoder | None = None,
     ) -> IPAdapter:
         """Build the adapter from parsed h94 weights (see :func:`~refiners_ip_adapter.formats.parse_h94`)."""
-        device, dtype = _unet_device_dtype(unet)
         text_dim = unet.config.cross_attention_dim[0]
         if weights.cross_attention_dim != text_dim:
             raise WeightsError(
                 f"{weights.source} makes {weights.cross_attention_dim}-wide image tokens but the UNet's "
                 f"cross-attentions read {text_dim}-wide text tokens: this IP-Adapter was made for another base model"
             )
-        projection = build_projection(weights, device="meta", dtype=dtype)
-        converted = convert_by_module_map(
-            projection, projection_module_map(projection), weights.image_proj, source=weights.source
-        )
-        _check_shapes(projection, converted, weights.source)
+        projection = build_projection(weights, device="meta", dtype=unet.dtype)
         adapter = cls(unet, projection, scale=scale, name=name, image_encoder=image_encoder, device="meta")
         expected = [2 * index + 1 for index in range(len(adapter.layer_names))]
         if sorted(weights.attention) != expected:
@@ -186,21 +194,14 @@ class IPAdapter:
                 f"{len(expected)} cross-attentions need {_ranges(expected)}: this IP-Adapter was made for "
                 "another base model"
             )
-        assignments: list[tuple[rc.Linear, torch.Tensor, str]] = []
-        for number, branch in zip(expected, adapter.image_attentions, strict=True):
-            to_k, to_v = weights.attention[number]
-            assignments.append((branch.to_k_ip, to_k, f"ip_adapter.{number}.to_k_ip.weight"))
-            assignments.append((branch.to_v_ip, to_v, f"ip_adapter.{number}.to_v_ip.weight"))
-        misfit = [
-            f"{key} (file {tuple(tensor.shape)}, model {tuple(layer.weight.shape)})"
-            for layer, tensor, key in assignments
-            if tensor.shape != layer.weight.shape
-        ]
-        if misfit:
-            raise WeightsError(f"cannot load {weights.source}: shape mismatch: {', '.join(misfit[:10])}")
-        projection.load_state_dict(converted, strict=True, assign=True)
-        for layer, tensor, _ in assignments:
-            layer.load_state_dict({"weight": tensor.to(device=device, dtype=dtype)}, assign=True)
+        state = dict(weights.image_proj)
+        for number, (to_k, to_v) in weights.attention.items():
+            state[f"ip_adapter.{number}.to_k_ip.weight"] = to_k
+            state[f"ip_adapter.{number}.to_v_ip.weight"] = to_v
+        modules = IPAdapterModules(adapter)
+        load_by_module_map(
+            modules, modules.h94_module_map(), cast_state_dict(state, unet.device, unet.dtype), source=weights.source
+        )
         projection.eval()
         return adapter
 
@@ -265,12 +266,7 @@ class IPAdapter:
 
     def h94_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights in the h94 layout (``image_proj.*``, ``ip_adapter.{k}.to_k_ip/to_v_ip.weight``)."""
-        ours = _our_names(self.image_proj)
-        state = {ours[key]: value for key, value in self.image_proj.state_dict().items()}
-        for index, branch in enumerate(self.image_attentions):
-            state[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = branch.to_k_ip.weight.detach()
-            state[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = branch.to_v_ip.weight.detach()
-        return state
+        return state_dict_by_module_map(IPAdapterModules(self).h94_module_map())
 
     # ---- scales ----------------------------------------------------------------------------------
 
@@ -331,12 +327,13 @@ class IPAdapter:
                 f"{tuple(embedding.shape)} (wrong image encoder?)"
             )
         batch, images = embedding.shape[:2]
-        first = next(self.image_proj.parameters())
-        features = embedding.reshape(batch * images, *embedding.shape[2:]).to(device=first.device, dtype=first.dtype)
+        features = embedding.reshape(batch * images, *embedding.shape[2:])
+        features = features.to(device=self.image_proj.device, dtype=self.image_proj.dtype)
         tokens = self.image_proj(features)
         tokens = tokens.reshape(batch, images * tokens.shape[1], tokens.shape[2])
-        device, dtype = _unet_device_dtype(self.unet)
-        self.unet.set_context(IP_ADAPTER_CONTEXT, {self.name: tokens.to(device=device, dtype=dtype)})
+        self.unet.set_context(
+            IP_ADAPTER_CONTEXT, {self.name: tokens.to(device=self.unet.device, dtype=self.unet.dtype)}
+        )
 
     def compute_image_embedding(
         self, images: ImageInput | Sequence[ImageInput], *, classifier_free_guidance: bool = False
@@ -374,29 +371,6 @@ class IPAdapter:
             f"IPAdapter(name={self.name!r}, variant={self.variant!r}, tokens={self.num_tokens}, "
             f"layers={len(self.adapters)}, scale={self.scale}, {state})"
         )
-
-
-def _our_names(projection: nn.Module) -> dict[str, str]:
-    """Our state-dict key -> h94 key, for every tensor of ``projection``."""
-    names = {id(module): name for name, module in projection.named_modules(remove_duplicate=False)}
-    result: dict[str, str] = {}
-    for h94_prefix, module in projection_module_map(projection).items():
-        ours = names[id(module)]
-        for tensor_name in module.state_dict():
-            result[f"{ours}.{tensor_name}" if ours else tensor_name] = f"{h94_prefix}.{tensor_name}"
-    return result
-
-
-def _check_shapes(projection: nn.Module, converted: Mapping[str, torch.Tensor], source: str) -> None:
-    h94 = _our_names(projection)
-    expected = projection.state_dict()
-    misfit = [
-        f"{h94.get(key, key)} (file {tuple(tensor.shape)}, model {tuple(expected[key].shape)})"
-        for key, tensor in converted.items()
-        if key in expected and tensor.shape != expected[key].shape
-    ]
-    if misfit:
-        raise WeightsError(f"cannot load {source}: shape mismatch: {', '.join(misfit[:10])}")
 
 
 def _ranges(numbers: list[int]) -> str:

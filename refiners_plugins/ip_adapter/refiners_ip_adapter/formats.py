@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from refiners_core import WeightsError, load_tensors
+from refiners_core import WeightsError, find_weight_files, load_tensors
 from refiners_core.weights import format_keys
 from refiners_ip_adapter.projection import (
     FullImageProjection,
@@ -106,11 +106,7 @@ def read_h94(
     Pickled files need ``allow_pickle=True``."""
     path = Path(path)
     if path.is_dir():
-        candidates = sorted(path.glob("*.safetensors"))
-        if len(candidates) != 1:
-            found = ", ".join(candidate.name for candidate in candidates) or "none"
-            raise WeightsError(f"{path} must hold exactly one .safetensors IP-Adapter file (found: {found})")
-        path = candidates[0]
+        path = find_weight_files(path, (), any_single_file=True, what="IP-Adapter file")[0]
     state_dict = load_tensors(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     if not state_dict:
         raise WeightsError(

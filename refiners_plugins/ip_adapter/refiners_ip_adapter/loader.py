@@ -36,10 +36,7 @@ def load_ip_adapter(
     if not isinstance(model, UNet):
         raise AdapterError(f"the ip-adapter family patches refiners-sd UNets, not {type(model).__name__}")
     if isinstance(image_encoder, str | Path):
-        parameter = next(model.parameters())
-        image_encoder = CLIPImageEncoder.from_transformers(
-            image_encoder, device=parameter.device, dtype=parameter.dtype
-        )
+        image_encoder = CLIPImageEncoder.from_transformers(image_encoder, device=model.device, dtype=model.dtype)
     adapter = IPAdapter.from_file(
         model, weights, scale=scale, name=name, image_encoder=image_encoder, allow_pickle=allow_pickle
     )

@@ -31,8 +31,7 @@ __all__ = ["T2IAdapter"]
 
 
 def _device_dtype(unet: UNet) -> tuple[torch.device, torch.dtype]:
-    parameter = next(unet.parameters())
-    return parameter.device, parameter.dtype
+    return unet.device, unet.dtype
 
 
 class T2IAdapter(Chain):
@@ -225,11 +224,11 @@ class T2IAdapter(Chain):
                 f"T2I-Adapter {self.name!r} takes [B, {self.config.in_channels}, H, W] images with H and W multiples "
                 f"of {factor}, got {list(image.shape)}"
             )
-        parameter = next(self.encoder.parameters())
+        encoder = self.encoder
         device, dtype = _device_dtype(self.unet)  # the network may live elsewhere: features go where the UNet is
         features = [
             feature.to(device=device, dtype=dtype)
-            for feature in self(image.to(device=parameter.device, dtype=parameter.dtype))
+            for feature in self(image.to(device=encoder.device, dtype=encoder.dtype))
         ]
         self.__dict__["_features"] = features
         if self.is_injected:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from refiners_core.config import config_from_dict
 from refiners_core.errors import WeightsError
 
 __all__ = ["ADAPTER_TYPES", "LevelSpec", "T2IConfig", "infer_config", "split_input_channels"]
@@ -63,15 +64,12 @@ class T2IConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> T2IConfig:
-        """Read a diffusers ``T2IAdapter`` config (missing fields take diffusers' defaults)."""
-        defaults = cls()
-        return cls(
-            adapter_type=str(config.get("adapter_type", defaults.adapter_type)),
-            in_channels=int(config.get("in_channels", defaults.in_channels)),
-            channels=tuple(config.get("channels", defaults.channels)),
-            num_res_blocks=int(config.get("num_res_blocks", defaults.num_res_blocks)),
-            downscale_factor=int(config.get("downscale_factor", defaults.downscale_factor)),
-        )
+        """Read a diffusers ``T2IAdapter`` config (missing fields take diffusers' defaults).
+
+        Raises:
+            ConfigError: a mistyped field, or values that make no adapter (each named).
+        """
+        return config_from_dict(cls, config, source="T2I-Adapter config")
 
     def to_dict(self) -> dict[str, Any]:
         """The diffusers ``config.json`` fields."""

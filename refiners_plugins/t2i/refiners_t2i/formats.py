@@ -13,7 +13,6 @@ Original TencentARC layouts:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,13 +20,15 @@ from typing import Any
 
 import torch
 
+from refiners_core.config import read_config
 from refiners_core.errors import WeightsError
-from refiners_core.weights import format_keys, load_tensors
+from refiners_core.model_folder import find_weight_files
+from refiners_core.weights import cast_state_dict, format_keys, load_tensors, load_weight_files
 
 __all__ = ["FORMATS", "detect_format", "read_weights", "tencentarc_to_diffusers"]
 
 FORMATS = ("diffusers", "tencentarc")
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+WEIGHT_STEM = "diffusion_pytorch_model"
 
 _FULL_ORIGINAL = re.compile(r"^body\.(\d+)\.(block1|block2|in_conv)\.(weight|bias)$")
 _LIGHT_ORIGINAL = re.compile(r"^body\.(\d+)\.(?:(in_conv|out_conv)|body\.(\d+)\.(block1|block2))\.(weight|bias)$")
@@ -113,30 +114,10 @@ def _read_config(path: Path) -> dict[str, Any] | None:
     """A diffusers ``T2IAdapter`` config from ``path``, or ``None`` if absent or another model's config."""
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise WeightsError(f"cannot read {path}: {error}") from error
-    if not isinstance(config, dict):
-        raise WeightsError(f"{path} does not hold a JSON object")
+    config = read_config(path, "T2I-Adapter config")
     if config.get("_class_name") == "T2IAdapter" or "adapter_type" in config:
         return config
     return None
-
-
-def _weight_file(folder: Path, variant: str | None) -> Path:
-    names = list(WEIGHT_NAMES)
-    if variant:
-        names = [name.replace(".safetensors", f".{variant}.safetensors").replace(".bin", f".{variant}.bin")
-                 for name in names] + names  # fmt: skip
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    safetensors = sorted(folder.glob("*.safetensors"))
-    if len(safetensors) == 1:
-        return safetensors[0]
-    present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise WeightsError(f"no T2I-Adapter weight file in {folder} (looked for {', '.join(names)}; found {present})")
 
 
 def read_weights(
@@ -154,13 +135,21 @@ def read_weights(
     Tensors are read straight onto ``device`` as ``dtype``. Pickled files need ``allow_pickle=True``.
     """
     if isinstance(source, Mapping):
-        state = {key: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
-                 for key, value in source.items()}  # fmt: skip
+        state = cast_state_dict(source, device, dtype)
         return state, None, "state dict"
     path = Path(source).expanduser()
     if path.is_dir():
         config = _read_config(path / "config.json")
-        weights = _weight_file(path, variant)
+        files = find_weight_files(
+            path,
+            WEIGHT_STEM,
+            variant=variant,
+            allow_pickle=allow_pickle,
+            any_single_file=True,
+            what="T2I-Adapter weight file",
+        )
+        state = load_weight_files(files, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        return state, config, str(files[0] if len(files) == 1 else path)
     elif path.is_file():
         config = _read_config(path.parent / "config.json")
         weights = path

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from refiners_core.config import config_from_dict, read_config
 
 __all__ = ["CLIP_VIT_H", "KNOWN_CONFIGS", "CLIPImageConfig", "known_config_for"]
 
@@ -48,18 +49,12 @@ class CLIPImageConfig:
         """Read a transformers vision config mapping (a full ``CLIPConfig``'s ``vision_config`` works too)."""
         if "vision_config" in config and isinstance(config["vision_config"], Mapping):
             config = {**config["vision_config"], "projection_dim": config.get("projection_dim")}
-        defaults = cls()
-        fields: dict[str, Any] = {}
-        for name in defaults.__dataclass_fields__:
-            value = config.get(name)
-            fields[name] = getattr(defaults, name) if value is None else type(getattr(defaults, name))(value)
-        return cls(**fields)
+        return config_from_dict(cls, config, source="CLIP vision config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> CLIPImageConfig:
         """Read a ``config.json`` file (see :meth:`from_dict`)."""
-        with Path(path).open(encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        return cls.from_dict(read_config(path, "CLIP vision config"))
 
 
 CLIP_VIT_H = CLIPImageConfig()

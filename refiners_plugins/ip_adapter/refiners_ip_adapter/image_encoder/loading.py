@@ -10,7 +10,7 @@ import torch
 from refiners_sd.clip.transformer import clip_transformer_map
 from torch import nn
 
-from refiners_core import WeightsError, load_tensors
+from refiners_core import WeightsError, find_weight_files, load_weight_files, resolve_config
 from refiners_core.module_map import load_by_module_map
 from refiners_ip_adapter.image_encoder import config as known
 from refiners_ip_adapter.image_encoder.config import CLIPImageConfig
@@ -28,7 +28,6 @@ __all__ = ["image_encoder_module_map", "load_image_encoder"]
 
 E = TypeVar("E", bound=CLIPImageEncoder)
 
-WEIGHT_FILES = ("model.safetensors", "model.fp16.safetensors")
 IGNORED_KEYS = ("vision_model.embeddings.position_ids",)
 PREFIX = "vision_model"
 
@@ -49,27 +48,19 @@ def image_encoder_module_map(encoder: CLIPImageEncoder) -> dict[str, nn.Module]:
     return mapping
 
 
-def _weights_and_config(path: Path, config: Any) -> tuple[Path, Any]:
+def _weights_and_config(path: Path, config: Any) -> tuple[list[Path], Any]:
     if path.is_dir():
-        for name in WEIGHT_FILES:
-            if (path / name).is_file():
-                return path / name, config if config is not None else path / "config.json"
-        if (path / "model.safetensors.index.json").is_file():
-            raise WeightsError(f"{path} holds a sharded checkpoint, which is not supported for image encoders")
-        raise WeightsError(f"no {' or '.join(WEIGHT_FILES)} in {path}")
+        files = find_weight_files(path, "model", what="CLIP image encoder weights")
+        return files, config if config is not None else path / "config.json"
     if path.is_file():
-        return path, config if config is not None else path.parent / "config.json"
+        return [path], config if config is not None else path.parent / "config.json"
     raise WeightsError(f"image encoder not found: {path}")
 
 
 def _read_config(config: Any, state_dict: Mapping[str, torch.Tensor], explicit: bool) -> CLIPImageConfig:
-    if isinstance(config, CLIPImageConfig):
-        return config
-    if isinstance(config, Mapping):
-        return CLIPImageConfig.from_dict(config)
-    config_path = Path(config)
-    if config_path.is_file():
-        return CLIPImageConfig.from_file(config_path)
+    config_path = Path(config) if isinstance(config, str | Path) else None
+    if config_path is None or config_path.is_file():
+        return resolve_config(config, CLIPImageConfig, what="CLIP vision config")
     if not explicit:  # weights alone (e.g. a catalog file): recognise a known size, never guess heads/activation
         recognised = known.known_config_for({key: tuple(value.shape) for key, value in state_dict.items()}, PREFIX)
         if recognised is not None:
@@ -104,8 +95,9 @@ def load_image_encoder(
     config: Any = None,
 ) -> E:
     """Build ``cls`` from the config and load the weights of ``path`` by name (see ``from_transformers``)."""
-    weights_path, config_source = _weights_and_config(Path(path), config)
-    state_dict = load_tensors(weights_path, device=device, dtype=dtype)
+    files, config_source = _weights_and_config(Path(path), config)
+    weights_path = files[0] if len(files) == 1 else Path(path)
+    state_dict = load_weight_files(files, device=device, dtype=dtype)
     parsed = _read_config(config_source, state_dict, explicit=config is not None)
     _infer_sizes(parsed, state_dict, str(weights_path))
     reference = state_dict.get(f"{PREFIX}.embeddings.class_embedding")

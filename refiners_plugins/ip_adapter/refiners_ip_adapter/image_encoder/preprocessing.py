@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 from torch.nn import functional as F
 
+from refiners_core.images import image_to_tensor
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -46,8 +48,7 @@ def _from_pil(image: Image.Image, size: int) -> torch.Tensor:
     rgb = image.convert("RGB")
     height, width = resized_shape(rgb.height, rgb.width, size)
     resized = rgb.resize((width, height), resample=Image.Resampling.BICUBIC)
-    data = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).reshape(height, width, 3)
-    return center_crop(data.permute(2, 0, 1).float() / 255.0, size)
+    return center_crop(image_to_tensor(resized, mode="RGB")[0], size)
 
 
 def _from_tensor(images: torch.Tensor, size: int) -> torch.Tensor:

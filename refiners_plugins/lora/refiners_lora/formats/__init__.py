@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from refiners_core.errors import PickleRefusedError, WeightsError
+from refiners_core.model_folder import find_weight_files
 from refiners_core.weights import format_keys, load_tensors, read_metadata
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import LoraWeights, ParsedLora
@@ -20,7 +22,7 @@ from refiners_lora.formats.refiners import is_refiners, parse_refiners
 
 __all__ = ["LoraWeights", "ParsedLora", "detect_format", "parse_lora", "read_lora_file"]
 
-WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+WEIGHT_STEMS = ("pytorch_lora_weights", "adapter_model")
 
 
 def detect_format(keys: list[str], metadata: Mapping[str, str] | None = None) -> str:
@@ -43,16 +45,18 @@ def detect_format(keys: list[str], metadata: Mapping[str, str] | None = None) ->
     raise LoraError(f"not a LoRA file in a known format (kohya, diffusers, PEFT, old diffusers): {format_keys(keys)}")
 
 
-def _weight_file(path: Path) -> Path:
+def _weight_file(path: Path, allow_pickle: bool = False) -> Path:
     if not path.is_dir():
         return path
-    for name in WEIGHT_NAMES:
-        if (path / name).is_file():
-            return path / name
-    candidates = sorted(path.glob("*.safetensors"))
-    if len(candidates) != 1:
-        raise LoraError(f"{path} holds {len(candidates)} .safetensors files: pass the file itself")
-    return candidates[0]
+    try:
+        files = find_weight_files(path, WEIGHT_STEMS, allow_pickle=allow_pickle, any_single_file=True, what="LoRA file")
+    except PickleRefusedError:
+        raise
+    except WeightsError as error:
+        raise LoraError(f"{error}: pass the file itself") from None
+    if len(files) > 1:
+        raise LoraError(f"{path} holds a sharded LoRA ({len(files)} files): pass one file")
+    return files[0]
 
 
 def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -60,7 +64,7 @@ def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[s
 
     A PEFT ``adapter_config.json`` next to the file stands in for a missing ``lora_adapter_metadata``.
     """
-    file = _weight_file(Path(path))
+    file = _weight_file(Path(path), allow_pickle)
     tensors = load_tensors(file, allow_pickle=allow_pickle)
     metadata = read_metadata(file) if file.suffix == ".safetensors" else {}
     source = f"the {DIFFUSERS_METADATA_KEY} header of {file}"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from refiners_core import RefinersError
+from refiners_core import RefinersError, image_to_tensor
 from refiners_sd.cli.specs import AdapterSpec
 from refiners_sd.clip.loading import text_encoder_module_map
 from refiners_sd.pipeline import LatentDiffusion, StableDiffusion1, StableDiffusionXL, load_pipeline, read_layout
@@ -120,10 +120,7 @@ def load_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB
 
 def image_to_condition(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A PIL image -> ``[1, C, H, W]`` in ``[0, 1]`` (C = 3 for RGB, 1 for grayscale)."""
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    channels = len(image.getbands())
-    pixels = data.view(image.height, image.width, channels).permute(2, 0, 1)[None]
-    return (pixels.float() / 255.0).to(device=device, dtype=dtype)
+    return image_to_tensor(image, device=device, dtype=dtype)
 
 
 def _lora_components(model: LatentDiffusion) -> dict[str, dict[str, torch.nn.Module]]:

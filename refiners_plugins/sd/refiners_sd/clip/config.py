@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from refiners_core.config import config_from_dict, read_config
 
 __all__ = ["CLIP_TEXT_G", "CLIP_TEXT_L", "CLIPTextConfig"]
 
@@ -33,28 +34,17 @@ class CLIPTextConfig:
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], projection: bool = False) -> CLIPTextConfig:
         """Read a transformers config mapping; ``projection`` keeps ``projection_dim`` (a model with projection)."""
-        defaults = cls()
-        eos = config.get("eos_token_id", defaults.eos_token_id)
+        fields = dict(config)
+        eos = config.get("eos_token_id", cls.eos_token_id)
         if isinstance(eos, list):  # transformers accepts a list; the first id is the one pooling looks for
-            eos = eos[0] if eos else None
-        return cls(
-            vocab_size=int(config.get("vocab_size", defaults.vocab_size)),
-            hidden_size=int(config.get("hidden_size", defaults.hidden_size)),
-            intermediate_size=int(config.get("intermediate_size", defaults.intermediate_size)),
-            num_hidden_layers=int(config.get("num_hidden_layers", defaults.num_hidden_layers)),
-            num_attention_heads=int(config.get("num_attention_heads", defaults.num_attention_heads)),
-            max_position_embeddings=int(config.get("max_position_embeddings", defaults.max_position_embeddings)),
-            hidden_act=str(config.get("hidden_act", defaults.hidden_act)),
-            layer_norm_eps=float(config.get("layer_norm_eps", defaults.layer_norm_eps)),
-            eos_token_id=eos,
-            projection_dim=int(config.get("projection_dim", 512)) if projection else None,
-        )
+            fields["eos_token_id"] = eos[0] if eos else None
+        fields["projection_dim"] = config.get("projection_dim") or 512 if projection else None
+        return config_from_dict(cls, fields, source="CLIP text config")
 
     @classmethod
     def from_file(cls, path: str | Path, projection: bool = False) -> CLIPTextConfig:
         """Read a ``config.json`` file (see :meth:`from_dict`)."""
-        with Path(path).open(encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle), projection=projection)
+        return cls.from_dict(read_config(path, "CLIP text config"), projection=projection)
 
     def with_projection(self, projection_dim: int | None) -> CLIPTextConfig:
         """A copy with another ``projection_dim``."""

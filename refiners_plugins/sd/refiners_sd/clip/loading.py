@@ -8,30 +8,19 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from refiners_core import WeightsError, load_tensors
+from refiners_core import find_weight_files, load_weight_files, read_config
 from refiners_core.module_map import load_by_module_map
 from refiners_sd.clip.config import CLIPTextConfig
 from refiners_sd.clip.text_encoder import CLIPTextEncoder, Pooling, PositionalEmbedding, TextProjection, TokenEmbedding
 from refiners_sd.clip.transformer import clip_transformer_map
 
-__all__ = ["find_transformers_weights", "load_text_encoder", "text_encoder_module_map"]
+__all__ = ["load_text_encoder", "text_encoder_module_map"]
 
 E = TypeVar("E", bound=CLIPTextEncoder)
 
-WEIGHT_FILES = ("model.safetensors", "model.fp16.safetensors")
 # transformers < 5 saved the text tower under "text_model."; 5.x saves a bare CLIPTextModel without it.
 TEXT_MODEL_PREFIX = "text_model."
 IGNORED_KEYS = ("embeddings.position_ids",)
-
-
-def find_transformers_weights(folder: Path) -> Path:
-    """The safetensors file of a transformers model folder (full precision first, then the fp16 variant)."""
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    if (folder / "model.safetensors.index.json").is_file():
-        raise WeightsError(f"{folder} holds a sharded checkpoint, which is not supported for text encoders")
-    raise WeightsError(f"no {' or '.join(WEIGHT_FILES)} in {folder}")
 
 
 def text_encoder_module_map(encoder: CLIPTextEncoder) -> dict[str, nn.Module]:
@@ -60,12 +49,11 @@ def load_text_encoder(
 ) -> E:
     """Build ``cls`` from ``path/config.json`` and load ``path``'s weights by name (see ``from_transformers``)."""
     folder = Path(path)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise WeightsError(f"no config.json in {folder}")
-    weights_path = find_transformers_weights(folder)
-    state_dict = _strip_prefix(load_tensors(weights_path, device=device, dtype=dtype))
-    config = CLIPTextConfig.from_file(config_path, projection="text_projection.weight" in state_dict)
+    raw_config = read_config(folder, "CLIP text encoder config")
+    files = find_weight_files(folder, "model", what="CLIP text encoder weights")
+    weights_path = files[0] if len(files) == 1 else folder
+    state_dict = _strip_prefix(load_weight_files(files, device=device, dtype=dtype))
+    config = CLIPTextConfig.from_dict(raw_config, projection="text_projection.weight" in state_dict)
     if config.projection_dim is not None:
         config = config.with_projection(state_dict["text_projection.weight"].shape[0])
     encoder = cls(config, device=device, dtype=dtype)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from refiners_core import WeightsError
+from refiners_core.config import read_config
 
 __all__ = ["PipelineLayout", "Topology", "read_layout"]
 
@@ -16,17 +16,6 @@ Topology = Literal["sd15", "sdxl"]
 SD15_PARTS = ("unet", "text_encoder", "tokenizer", "vae")
 SDXL_PARTS = ("unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise WeightsError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path} must hold a JSON object")
-    return data
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,9 @@ def read_layout(path: str | Path) -> PipelineLayout:
     unet_config = root / "unet" / "config.json"
     if not unet_config.is_file():
         raise WeightsError(f"{root} is not a diffusers pipeline folder: no unet/config.json")
-    sdxl = (root / "text_encoder_2").is_dir() or _read_json(unet_config).get("addition_embed_type") == "text_time"
+    sdxl = (root / "text_encoder_2").is_dir() or read_config(unet_config, "UNet config").get(
+        "addition_embed_type"
+    ) == "text_time"
     topology: Topology = "sdxl" if sdxl else "sd15"
     missing = [part for part in (SDXL_PARTS if sdxl else SD15_PARTS) if not (root / part).is_dir()]
     if missing:
@@ -76,6 +67,6 @@ def read_layout(path: str | Path) -> PipelineLayout:
     return PipelineLayout(
         root=root,
         topology=topology,
-        scheduler_config=_read_json(scheduler) if scheduler.is_file() else {},
-        pipeline_config=_read_json(index) if index.is_file() else {},
+        scheduler_config=read_config(scheduler, "scheduler config") if scheduler.is_file() else {},
+        pipeline_config=read_config(index, "pipeline index") if index.is_file() else {},
     )

@@ -7,11 +7,11 @@ solver's own default (``timestep_spacing`` in particular).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from refiners_core.config import read_config
 from refiners_sd.solvers import DDIM, DPMSolverPlusPlus2M, Euler, Solver
 
 __all__ = ["SOLVERS", "load_scheduler_config", "solver_from_config"]
@@ -34,12 +34,9 @@ _EXTRA_FIELDS: dict[type[Solver], tuple[str, ...]] = {
 
 
 def load_scheduler_config(path: str | Path) -> dict[str, Any]:
-    """Read a ``scheduler_config.json`` file."""
-    with Path(path).open(encoding="utf-8") as handle:
-        data = json.load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a scheduler config must be a JSON object")
-    return data
+    """Read a ``scheduler_config.json`` file (:class:`~refiners_core.ConfigError`, a ``ValueError``, when it
+    cannot be read or holds no JSON object)."""
+    return read_config(path, "scheduler config")
 
 
 def solver_from_config(name: str, num_inference_steps: int, config: Mapping[str, Any] | None = None) -> Solver:

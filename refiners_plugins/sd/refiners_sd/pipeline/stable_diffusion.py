@@ -72,12 +72,12 @@ class LatentDiffusion:
     @property
     def device(self) -> torch.device:
         """Where the UNet's weights are."""
-        return next(self.unet.parameters()).device
+        return self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:
         """The UNet's weight dtype (latents and embeddings use it)."""
-        return next(self.unet.parameters()).dtype
+        return self.unet.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -171,8 +171,7 @@ class LatentDiffusion:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         """Latents -> RGB PIL image through the VAE (in the VAE's own dtype)."""
-        parameter = next(self.autoencoder.parameters())
-        image = self.autoencoder.decode(latents.to(device=parameter.device, dtype=parameter.dtype))
+        image = self.autoencoder.decode(latents.to(device=self.autoencoder.device, dtype=self.autoencoder.dtype))
         return tensor_to_image(image)
 
     def generate(
@@ -227,7 +226,7 @@ class StableDiffusion1(LatentDiffusion):
     def encode_prompt(self, prompt: str, negative_prompt: str | None = None, guidance: bool = True) -> Conditioning:
         """``[negative, prompt]`` last hidden states ``[2, 77, D]`` (``[1, 77, D]`` without guidance)."""
         texts = [negative_prompt or "", prompt] if guidance else [prompt]
-        device = next(self.text_encoder.parameters()).device
+        device = self.text_encoder.device
         embeddings = [self.text_encoder(_tokens(self.tokenizer, text, device)) for text in texts]
         return Conditioning(text_embedding=torch.cat(embeddings).to(device=self.device, dtype=self.dtype))
 
@@ -271,7 +270,7 @@ class StableDiffusionXL(LatentDiffusion):
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
 
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.text_encoder.parameters()).device
+        device = self.text_encoder.device
         tokens = (_tokens(self.tokenizer, text, device), _tokens(self.tokenizer_2, text, device))
         embedding, pooled = self.text_encoder(*tokens)
         return embedding, pooled
@@ -330,12 +329,12 @@ class StableDiffusionXL(LatentDiffusion):
 
 def _vae_dtype(layout: PipelineLayout, dtype: torch.dtype | None) -> torch.dtype | None:
     """float32 for VAEs whose config asks for it (``force_upcast``) when the rest runs in float16."""
-    import json
+    from refiners_core.config import read_config
+    from refiners_core.errors import ConfigError
 
-    config_path = layout.part("vae") / "config.json"
     try:
-        force_upcast = bool(json.loads(config_path.read_text(encoding="utf-8")).get("force_upcast", False))
-    except (OSError, ValueError):
+        force_upcast = bool(read_config(layout.part("vae"), "VAE config").get("force_upcast", False))
+    except ConfigError:
         force_upcast = False
     return torch.float32 if dtype == torch.float16 and force_upcast else dtype
 

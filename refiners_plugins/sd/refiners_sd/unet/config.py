@@ -6,13 +6,13 @@ naming the field and the value, instead of silently building a different network
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refiners_core import RefinersError
+from refiners_core.config import read_config
+from refiners_core.errors import ConfigError
 
 __all__ = ["UNetConfig", "UnsupportedConfigError", "read_config"]
 
@@ -77,7 +77,7 @@ _KNOWN = {
 }
 
 
-class UnsupportedConfigError(RefinersError, ValueError):
+class UnsupportedConfigError(ConfigError):
     """A UNet ``config.json`` value that this plugin does not implement (the message names the field)."""
 
 
@@ -203,7 +203,7 @@ class UNetConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> UNetConfig:
         """Read and validate a ``config.json`` file (or the ``config.json`` inside a folder)."""
-        return cls.from_dict(read_config(path))
+        return cls.from_dict(read_config(path, "UNet config"))
 
     @property
     def topology(self) -> str:
@@ -247,17 +247,3 @@ class UNetConfig:
             config["addition_time_embed_dim"] = self.addition_time_embed_dim
             config["projection_class_embeddings_input_dim"] = self.projection_class_embeddings_input_dim
         return config
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """Read a ``config.json`` (``path`` may be the file or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"UNet config not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        config = json.load(handle)
-    if not isinstance(config, dict):
-        raise UnsupportedConfigError(f"{path} does not hold a JSON object")
-    return config

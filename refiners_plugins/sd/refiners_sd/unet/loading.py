@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,36 +9,17 @@ from typing import Any
 import torch
 
 from refiners_core import WeightsError
+from refiners_core.config import resolve_config
+from refiners_core.model_folder import find_weight_files
 from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
-from refiners_core.weights import load_tensors, save_model_folder
+from refiners_core.weights import load_weight_files, save_model_folder
 from refiners_sd.unet.config import UNetConfig
 from refiners_sd.unet.mapping import diffusers_module_map
 from refiners_sd.unet.model import UNet
 
-__all__ = ["diffusers_state_dict", "find_weight_files", "load_diffusers_state_dict", "load_unet", "save_diffusers"]
+__all__ = ["diffusers_state_dict", "load_diffusers_state_dict", "load_unet", "save_diffusers"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
-
-
-def find_weight_files(folder: Path, variant: str | None = None) -> list[Path]:
-    """The safetensors file(s) of a diffusers UNet folder: ``diffusion_pytorch_model[.variant].safetensors``,
-    or the shards listed by its ``.safetensors.index.json``. Without ``variant`` the plain file is
-    preferred, then the ``fp16`` variant."""
-    variants = [variant] if variant else [None, "fp16"]
-    for candidate in variants:
-        stem = WEIGHTS_NAME if candidate is None else f"{WEIGHTS_NAME}.{candidate}"
-        single = folder / f"{stem}.safetensors"
-        if single.is_file():
-            return [single]
-        index = folder / f"{stem}.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-            return [folder / name for name in sorted(set(weight_map.values()))]
-    raise WeightsError(
-        f"no diffusers UNet weights in {folder}: expected {WEIGHTS_NAME}"
-        + (f".{variant}" if variant else "[.fp16]")
-        + ".safetensors (or a sharded .safetensors.index.json)"
-    )
 
 
 def load_diffusers_state_dict(unet: UNet, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -55,16 +35,6 @@ def load_diffusers_state_dict(unet: UNet, state_dict: Mapping[str, torch.Tensor]
 def diffusers_state_dict(unet: UNet) -> dict[str, torch.Tensor]:
     """The weights of ``unet`` under diffusers names (``down_blocks.0.resnets.0.conv1.weight``...)."""
     return state_dict_by_module_map(diffusers_module_map(unet))
-
-
-def _resolve_config(path: Path, config: str | Path | Mapping[str, Any] | None) -> UNetConfig:
-    if isinstance(config, UNetConfig):
-        return config
-    if isinstance(config, Mapping):
-        return UNetConfig.from_dict(config)
-    if config is not None:
-        return UNetConfig.from_file(config)
-    return UNetConfig.from_file(path if path.is_dir() else path.parent)
 
 
 def load_unet(
@@ -89,13 +59,15 @@ def load_unet(
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"UNet weights not found: {path}")
-    unet_config = _resolve_config(path, config)
+    unet_config = resolve_config(config, UNetConfig, default=path if path.is_dir() else path.parent, what="UNet config")
     if unet_class is None or unet_class is UNet:
         unet_class = SDXLUNet if unet_config.topology == "sdxl" else SD1UNet
-    files = find_weight_files(path, variant) if path.is_dir() else [path]
-    state_dict: dict[str, torch.Tensor] = {}
-    for file in files:
-        state_dict.update(load_tensors(file, device=device, dtype=dtype))
+    files = (
+        find_weight_files(path, WEIGHTS_NAME, variant=variant, what="diffusers UNet weights")
+        if path.is_dir()
+        else [path]
+    )
+    state_dict = load_weight_files(files, device=device, dtype=dtype)
     unet = unet_class(unet_config, device="meta")
     load_diffusers_state_dict(unet, state_dict)
     return unet

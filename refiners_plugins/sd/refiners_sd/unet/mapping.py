@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import refiners_core as rc
 from refiners_sd.configs import KNOWN_CONFIGS
 from refiners_sd.unet.config import UNetConfig
 
@@ -48,25 +49,17 @@ _RESNET_DIFFUSERS_TO_LDM = {value: key for key, value in _RESNET_LDM_TO_DIFFUSER
 # ---- diffusers name -> our layer -------------------------------------------------------------------
 
 
-def _unwrap(module: Any) -> Any:
-    from refiners_core.adapter import Adapter
-
-    while isinstance(module, Adapter):
-        module = module.target
-    return module
-
-
 def _get(chain: Any, path: str) -> Any:
     """Child at a dotted path of child names, looking through injected adapters at every step."""
-    current = _unwrap(chain)
+    current = rc.unwrap_adapters(chain)
     for name in path.split("."):
-        current = _unwrap(current[name])
+        current = rc.unwrap_adapters(current[name])
     return current
 
 
 def _typed(chain: Any, layer_type: type) -> list[Any]:
     """Direct children of ``chain`` of ``layer_type`` (adapters looked through), in order."""
-    return [child for child in map(_unwrap, _unwrap(chain)) if isinstance(child, layer_type)]
+    return [child for child in map(rc.unwrap_adapters, rc.unwrap_adapters(chain)) if isinstance(child, layer_type)]
 
 
 def _attention_map(prefix: str, attention: Any) -> dict[str, nn.Module]:
@@ -98,7 +91,7 @@ def _transformer_2d_map(prefix: str, block: Any) -> dict[str, nn.Module]:
 
     tokens = _get(block, "Parallel.Chain")
     mapping: dict[str, nn.Module] = {prefix: block, f"{prefix}.norm": _get(tokens, "GroupNorm")}
-    names = _unwrap(tokens).children_names
+    names = rc.unwrap_adapters(tokens).children_names
     if "Linear_1" in names:
         mapping[f"{prefix}.proj_in"] = _get(tokens, "Linear_1")
         mapping[f"{prefix}.proj_out"] = _get(tokens, "Linear_2")
@@ -119,7 +112,7 @@ def _resnet_map(prefix: str, block: Any) -> dict[str, nn.Module]:
         f"{prefix}.norm2": _get(block, "Chain.GroupNorm_2"),
         f"{prefix}.conv2": _get(block, "Chain.Conv2d_2"),
     }
-    if "Conv2d" in _unwrap(block).children_names:
+    if "Conv2d" in rc.unwrap_adapters(block).children_names:
         mapping[f"{prefix}.conv_shortcut"] = _get(block, "Conv2d")
     return mapping
 
@@ -164,7 +157,7 @@ def diffusers_module_map(unet: Chain, leaves_only: bool = True) -> dict[str, nn.
 
     mapping: dict[str, nn.Module] = {}
     encoder = _typed(unet, TimestepEncoder)[0]
-    embedding = _unwrap(encoder[0])
+    embedding = rc.unwrap_adapters(encoder[0])
     time = _typed(embedding, TimestepEmbedding)[0] if isinstance(embedding, Sum) else embedding
     mapping["time_embedding"] = time
     mapping["time_embedding.linear_1"] = _get(time, "Linear_1")

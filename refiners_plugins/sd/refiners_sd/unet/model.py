@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from refiners_core import Chain, Contexts, Sum
-from refiners_core.adapter import Adapter
+from refiners_core.adapter import unwrap_adapters
 from refiners_sd.unet.blocks import (
     CROSS_ATTENTION_CONTEXT,
     DIFFUSION_CONTEXT,
@@ -50,12 +50,6 @@ Device = torch.device | str | None
 def count_residuals(config: UNetConfig) -> int:
     """Entries of ``unet.residuals``: conv_in + every down resnet + every downsampler, + 1 for the middle block."""
     return 1 + sum(config.layers_per_block) + (config.num_blocks - 1) + 1
-
-
-def _unwrap(module: Any) -> Any:
-    while isinstance(module, Adapter):
-        module = module.target
-    return module
 
 
 def build_unet_layers(
@@ -224,7 +218,7 @@ class UNet(Chain):
 
         Adapters holding a copy of the UNet's blocks (a ControlNet's encoder) are not searched.
         """
-        return [child for child in map(_unwrap, self) if isinstance(child, layer_type)]
+        return [child for child in map(unwrap_adapters, self) if isinstance(child, layer_type)]
 
     def cross_attentions(self) -> list[CrossAttention]:
         """Every text :class:`CrossAttention` of the UNet itself, in tree order (down, mid, up blocks; see
@@ -242,11 +236,11 @@ class UNet(Chain):
         :class:`DownLayer` (after the last resnet/attention pair, before the downsampler); for a
         block without attention it is the block's last layer (the ``DownsampleLayer`` if it has one).
         """
-        blocks = [_unwrap(child) for child in self._trunk(DownBlocks)[0]]
+        blocks = [unwrap_adapters(child) for child in self._trunk(DownBlocks)[0]]
         down_blocks = [child for child in blocks if isinstance(child, DownBlock)]
         if not 0 <= block < len(down_blocks):
             raise IndexError(f"down block {block} out of range (the UNet has {len(down_blocks)})")
-        layers = [_unwrap(child) for child in down_blocks[block]]
+        layers = [unwrap_adapters(child) for child in down_blocks[block]]
         if self.config.has_attention(block):
             return [layer for layer in layers if isinstance(layer, DownLayer)][-1]
         return [layer for layer in layers if isinstance(layer, DownLayer | DownsampleLayer)][-1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from refiners_core.config import config_from_dict, read_config
+from refiners_core.errors import ConfigError
 
 __all__ = ["SD15_SCALING_FACTOR", "SDXL_SCALING_FACTOR", "AutoencoderConfig"]
 
@@ -38,32 +40,20 @@ class AutoencoderConfig:
     use_post_quant_conv: bool = True
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> AutoencoderConfig:
-        """Read a diffusers config mapping; unsupported block types or activations raise ``ValueError``."""
-        defaults = cls()
+    def from_dict(cls, config: Mapping[str, Any], source: str = "VAE config") -> AutoencoderConfig:
+        """Read a diffusers config mapping; unsupported block types or activations, and missing or mistyped
+        fields, raise :class:`~refiners_core.ConfigError` naming them."""
         for key, supported in (("down_block_types", SUPPORTED_DOWN_BLOCKS), ("up_block_types", SUPPORTED_UP_BLOCKS)):
             unsupported = sorted(set(config.get(key, ())) - set(supported))
             if unsupported:
-                raise ValueError(f"unsupported VAE {key}: {', '.join(unsupported)} (supported: {', '.join(supported)})")
+                raise ConfigError(
+                    f"{source}: unsupported VAE {key}: {', '.join(unsupported)} (supported: {', '.join(supported)})"
+                )
         if config.get("act_fn", "silu") != "silu":
-            raise ValueError(f"unsupported VAE act_fn {config['act_fn']!r} (supported: 'silu')")
-        shift = config.get("shift_factor")
-        return cls(
-            in_channels=int(config.get("in_channels", defaults.in_channels)),
-            out_channels=int(config.get("out_channels", defaults.out_channels)),
-            block_out_channels=tuple(int(c) for c in config.get("block_out_channels", defaults.block_out_channels)),
-            layers_per_block=int(config.get("layers_per_block", defaults.layers_per_block)),
-            latent_channels=int(config.get("latent_channels", defaults.latent_channels)),
-            norm_num_groups=int(config.get("norm_num_groups", defaults.norm_num_groups)),
-            scaling_factor=float(config.get("scaling_factor", defaults.scaling_factor)),
-            shift_factor=None if shift is None else float(shift),
-            mid_block_add_attention=bool(config.get("mid_block_add_attention", True)),
-            use_quant_conv=bool(config.get("use_quant_conv", True)),
-            use_post_quant_conv=bool(config.get("use_post_quant_conv", True)),
-        )
+            raise ConfigError(f"{source}: unsupported VAE act_fn {config['act_fn']!r} (supported: 'silu')")
+        return config_from_dict(cls, config, source=source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> AutoencoderConfig:
-        """Read a ``config.json`` file (see :meth:`from_dict`)."""
-        with Path(path).open(encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read a ``config.json`` file, or the one in a folder (see :meth:`from_dict`)."""
+        return cls.from_dict(read_config(path, "VAE config"), source=str(path))

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from refiners_core.images import image_to_tensor as unit_image_to_tensor
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -19,8 +21,7 @@ def image_to_tensor(
     image: Image.Image, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """An RGB PIL image -> ``[1, 3, H, W]`` tensor in ``[-1, 1]``."""
-    data = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-    pixels = data.view(image.height, image.width, 3).permute(2, 0, 1)[None].float() / 255.0
+    pixels = unit_image_to_tensor(image, mode="RGB")
     return (pixels * 2.0 - 1.0).to(device=device, dtype=dtype or torch.float32)
 
 

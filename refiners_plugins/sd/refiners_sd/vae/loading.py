@@ -8,35 +8,19 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from refiners_core import Chain, Identity, WeightsError, load_tensors
+from refiners_core import Chain, Identity, find_weight_files, load_weight_files
 from refiners_core.module_map import load_by_module_map
 from refiners_sd.vae.config import AutoencoderConfig
 from refiners_sd.vae.layers import Resnet, SelfAttention2d
 from refiners_sd.vae.model import AutoencoderKL, Decoder, Encoder, MiddleBlock
 
-__all__ = ["autoencoder_module_map", "find_diffusers_weights", "load_autoencoder"]
+__all__ = ["autoencoder_module_map", "load_autoencoder"]
 
 A = TypeVar("A", bound=AutoencoderKL)
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 # Checkpoints saved before diffusers 0.14 name the VAE attention projections differently.
 LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-def find_diffusers_weights(folder: Path, variant: str | None = None) -> Path:
-    """``diffusion_pytorch_model[.variant].safetensors`` in ``folder``; without a variant, fall back to fp16."""
-    names = (
-        [f"{WEIGHTS_NAME}.{variant}.safetensors"]
-        if variant
-        else [
-            f"{WEIGHTS_NAME}.safetensors",
-            f"{WEIGHTS_NAME}.fp16.safetensors",
-        ]
-    )
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    raise WeightsError(f"no {' or '.join(names)} in {folder}")
 
 
 def _resnet_map(prefix: str, resnet: Resnet) -> dict[str, nn.Module]:
@@ -132,15 +116,10 @@ def load_autoencoder(
 ) -> A:
     """Build ``cls`` from ``path/config.json`` and load its weights by name (see ``AutoencoderKL.from_diffusers``)."""
     folder = Path(path)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise WeightsError(f"no config.json in {folder}")
-    try:
-        config = AutoencoderConfig.from_file(config_path)
-    except ValueError as error:
-        raise WeightsError(f"{config_path}: {error}") from error
-    weights_path = find_diffusers_weights(folder, variant)
-    state_dict = {_modernize(key): value for key, value in load_tensors(weights_path, device, dtype).items()}
+    config = AutoencoderConfig.from_file(folder)
+    files = find_weight_files(folder, WEIGHTS_NAME, variant=variant, what="diffusers VAE weights")
+    weights_path = files[0] if len(files) == 1 else folder
+    state_dict = {_modernize(key): value for key, value in load_weight_files(files, device, dtype).items()}
     autoencoder = cls(config, device=device, dtype=dtype)
     load_by_module_map(autoencoder, autoencoder_module_map(autoencoder), state_dict, source=str(weights_path))
     return autoencoder.eval()
