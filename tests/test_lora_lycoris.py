@@ -8,6 +8,7 @@ their own state dicts are written with LyCORIS key names (``lycoris_<module>.<su
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -232,10 +233,9 @@ def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
-    from sd_fixtures import make_tiny_unet, run_diffusers
+    from sd_fixtures import run_diffusers
 
-    model = make_tiny_unet(path.parent, case.config, batch=1, height=8, width=8).model
-    model = inject_adapter_in_model(config, model)
+    model = inject_adapter_in_model(config, copy.deepcopy(case.model))
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
