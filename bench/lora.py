@@ -271,12 +271,22 @@ def algorithm_steps(
             layer.merge(adapter_names=[kind])
         for layer in layers:
             layer.unmerge()
-            layer.delete_adapter(kind)
+        unwrap_peft(model)
 
     return ours_step, theirs_step
 
 
-def bench_algorithms(ours_unet: Any, folder: Path, rank: int, repeats: int) -> None:
+def unwrap_peft(model: nn.Module) -> None:
+    """Put every peft-wrapped layer's base layer back in its place."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+
+
+def bench_algorithms(ours_unet: Any, theirs_unet: Any, folder: Path, rank: int, repeats: int) -> None:
     """Load + fuse of LoHa / LoKr / DoRA files: refiners-lora against peft."""
     import json
 
@@ -285,13 +295,15 @@ def bench_algorithms(ours_unet: Any, folder: Path, rank: int, repeats: int) -> N
     from refiners_lora import LoraManager
 
     rows: dict[str, tuple[float, float]] = {}
-    for kind, config in peft_configs(build_diffusers_unet(), rank).items():
-        source = inject_adapter_in_model(config, build_diffusers_unet())
-        state = {key: value.contiguous() for key, value in get_peft_model_state_dict(source).items()}
+    for kind, config in peft_configs(theirs_unet, rank).items():
+        source = inject_adapter_in_model(config, theirs_unet, adapter_name="source")
+        state = {
+            key: value.contiguous() for key, value in get_peft_model_state_dict(source, adapter_name="source").items()
+        }
+        unwrap_peft(theirs_unet)
         path = folder / f"{kind}.safetensors"
         save_file(state, path, metadata={"lora_adapter_metadata": json.dumps(config.to_dict(), default=sorted)})
-        del source
-        ours_step, theirs_step = algorithm_steps(kind, config, path, LoraManager(ours_unet), build_diffusers_unet())
+        ours_step, theirs_step = algorithm_steps(kind, config, path, LoraManager(ours_unet), theirs_unet)
         medians = rounds({"ours": {"step": ours_step}, "theirs": {"step": theirs_step}}, repeats)
         rows[f"{kind}: load + fuse + remove"] = (medians["ours"]["step"], medians["theirs"]["step"])
     table(f"LoHa / LoKr / DoRA rank {rank} on the attention projections and ResNet convolutions", rows, "peft")
@@ -348,7 +360,7 @@ def main() -> None:
             if args.part in ("stacked", "all"):
                 bench_stacked(ours_unet, theirs_unet, Path(folder), args.rank, args.repeats, args.size)
             if args.part in ("algorithms", "all"):
-                bench_algorithms(ours_unet, Path(folder), args.rank, args.repeats)
+                bench_algorithms(ours_unet, theirs_unet, Path(folder), args.rank, args.repeats)
             if args.part in ("hotswap", "all"):
                 bench_hotswap(ours_unet, theirs_unet, Path(folder), args.rank, args.repeats)
         if args.part != "all":
