@@ -7,6 +7,10 @@ class RefinersError(Exception):
     """Base class of every error raised on purpose by refiners-core and its plugins."""
 
 
+class RefinersWarning(UserWarning):
+    """Base class of the warnings of refiners-core and its plugins; the CLI prints each as one line."""
+
+
 class ContextError(RefinersError, KeyError):
     """A context or a key inside a context was read before being set."""
 

@@ -19,13 +19,24 @@ from refiners_core.model_folder import PICKLE_SUFFIXES
 def _is_pickle(path: Path) -> bool:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return True
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    # a safetensors file: 8-byte little-endian header size, then the JSON header (its size byte may be 0x80)
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size:
+    if _looks_like_safetensors(path):
         return False
+    with path.open("rb") as handle:
+        head = handle.read(2)
     # zip archives (torch.save) and raw pickle streams (protocol 2+ starts with 0x80)
     return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """An 8-byte little-endian header size of a plausible value, then ``{``: safetensors, maybe damaged.
+
+    The size's first byte may be 0x80, like a pickle's first byte; a pickle never has ``{`` at offset 8
+    after a size below 4 GiB. A file cut inside its header still looks like safetensors, so it is reported
+    as damaged instead of as a pickle.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 32
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -83,7 +94,10 @@ def load_tensors(
         with safe_open(str(path), framework="pt", device=device_name) as handle:
             return {key: _cast(handle.get_tensor(key), dtype) for key in handle.keys()}  # noqa: SIM118
     except Exception as error:
-        raise WeightsError(f"cannot read safetensors file {path}: {error}") from error
+        with path.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+        damage = " (the file is truncated: shorter than its header)" if header_size + 8 > path.stat().st_size else ""
+        raise WeightsError(f"cannot read safetensors file {path}{damage}: {error}") from error
 
 
 load_state_dict = load_tensors

@@ -20,6 +20,7 @@ to the last commit added). Usage::
         env["HF_ENDPOINT"] = hub.url
         hub.tamper("org/repo", "model.safetensors")           # same size, different bytes, same ETag
         hub.cut_body("org/repo", "model.safetensors", after=100, times=1)  # close mid-body, once
+        hub.oversize("org/repo", "model.safetensors", extra=1 << 20)     # a body longer than the file
         gate = hub.stall("org/repo", "model.safetensors", after=100)       # hold the body after 100 bytes
         gate.reached.wait(); ...; gate.release.set()
 
@@ -71,6 +72,7 @@ class Fault:
     tamper: bool = False
     cut_after: int | None = None
     stall: Stall | None = None
+    extra: int = 0
     times: int | None = None
 
 
@@ -106,6 +108,10 @@ class HubServer:
     def cut_body(self, repo_id: str, path: str, *, after: int, times: int | None = None) -> None:
         """Close the connection after ``after`` bytes of the body (headers announce the full length)."""
         self.faults[(repo_id, path)] = Fault(cut_after=after, times=times)
+
+    def oversize(self, repo_id: str, path: str, *, extra: int, times: int | None = None) -> None:
+        """Send ``extra`` bytes more than the file holds, without ``Content-Length`` (HEAD stays truthful)."""
+        self.faults[(repo_id, path)] = Fault(extra=extra, times=times)
 
     def stall(self, repo_id: str, path: str, *, after: int) -> Stall:
         """Hold the next body of ``path`` after ``after`` bytes until ``release`` is set (or 60 s pass)."""
@@ -265,6 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._error(404, "EntryNotFound", f"{path} not found", commit=sha)
             return
+        fault = None if head else hub._take_fault(repo_id, path)
         size = len(data)
         start, end = 0, size - 1
         status = 200
@@ -288,17 +295,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{etag}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start + 1))
+        if fault is not None and fault.extra:
+            self.send_header("Connection", "close")  # the body ends when the connection closes
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(end - start + 1))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         if head:
             return
-        fault = hub._take_fault(repo_id, path)
         body = data
         if fault is not None and fault.tamper:
             body = data[:-1] + bytes([data[-1] ^ 0xFF])
-        self._send_body(body[start : end + 1], fault)
+        body = body[start : end + 1]
+        if fault is not None and fault.extra:
+            body += b"\0" * fault.extra
+        self._send_body(body, fault)
 
     def _send_body(self, body: bytes, fault: Fault | None) -> None:
         try:

@@ -120,6 +120,25 @@ def test_safetensors_header_size_starting_with_0x80_is_not_mistaken_for_pickle(t
     assert torch.equal(rc.load_state_dict(path)["weight"], torch.ones(2))
 
 
+@pytest.mark.parametrize("keep", [20, 100], ids=["cut-in-header", "cut-in-data"])
+def test_truncated_safetensors_with_size_byte_0x80_is_damaged_not_pickle(tmp_path: Path, keep: int) -> None:
+    path = tmp_path / "w.safetensors"
+    for padding in range(512):
+        rc.save_state_dict({"weight": torch.ones(64)}, path, metadata={"pad": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    data = path.read_bytes()
+    assert data[0] == 0x80
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    path.write_bytes(data[: keep if keep < header_end else header_end + keep])
+    with pytest.raises(rc.WeightsError) as caught:
+        rc.load_state_dict(path)
+    assert not isinstance(caught.value, rc.PickleRefusedError)
+    assert "safetensors" in str(caught.value) and "allow_pickle" not in str(caught.value)
+    if keep < header_end:
+        assert "truncated" in str(caught.value)
+
+
 def test_save_model_folder_writes_config_and_weights(tmp_path: Path) -> None:
     import json
 

@@ -149,16 +149,19 @@ def test_verify_detects_corruption_in_cache(hub_catalog: HubCatalog) -> None:
     assert not blob.exists()
 
 
-def test_remove_keeps_blobs_shared_with_other_entries(hub_catalog: HubCatalog) -> None:
+def test_remove_keeps_files_other_entries_use(hub_catalog: HubCatalog) -> None:
     registry = _registry(hub_catalog)
     registry.pull("test/lora-tiny")
     registry.pull("test/pair")  # same repository, commit and safetensors file
-    assert registry.remove("test/pair") > 0  # config.json blob freed, lora blob kept
-    assert registry.local_paths("test/pair")["lora.safetensors"] is None
-    assert not registry.is_installed("test/lora-tiny")  # shares the snapshot link
-    registry.pull("test/lora-tiny")
-    assert registry.remove("test/lora-tiny") == len(hub_catalog.files["test/lora-tiny"])
-    assert registry.remove("test/lora-tiny") == 0
+    assert registry.shared_files("test/pair") == {"lora.safetensors": ["test/lora-tiny"]}
+    assert registry.remove("test/pair") > 0  # config.json freed, the shared safetensors file kept
+    assert registry.local_paths("test/pair")["config.json"] is None
+    assert registry.verify("test/lora-tiny").ok  # the other entry still has its file
+    assert registry.remove("test/lora-tiny") == 0  # test/pair still lists it
+    assert registry.verify("test/lora-tiny").ok
+    size = len(hub_catalog.files["test/lora-tiny"])
+    assert registry.remove("test/lora-tiny", "test/pair") == size  # named together: it goes
+    assert not registry.verify("test/lora-tiny").cached
 
 
 def test_load_on_dtype_and_device(hub_catalog: HubCatalog) -> None:

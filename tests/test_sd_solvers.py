@@ -112,3 +112,53 @@ def test_dpm_solver_restarts_at_step_zero() -> None:
 def test_step_out_of_range() -> None:
     with pytest.raises(IndexError):
         DDIM(4)(torch.zeros(1), torch.zeros(1), 4)
+
+
+# -- step counts and non-finite latents ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver_cls", [DDIM, Euler, DPMSolverPlusPlus2M])
+@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5, True])
+def test_every_solver_refuses_an_invalid_step_count(solver_cls: type, steps: object) -> None:
+    from refiners_sd.solvers import SolverError
+
+    with pytest.raises(SolverError, match="steps"):
+        solver_cls(steps)
+
+
+def test_dpm_solver_refuses_steps_that_repeat_timesteps() -> None:
+    from refiners_sd.solvers import SolverError
+
+    with pytest.raises(SolverError, match="use at most 999 steps"):
+        DPMSolverPlusPlus2M(1000)
+    solver = DPMSolverPlusPlus2M(999)
+    assert len(set(solver.timesteps.tolist())) == 999
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    for step in range(len(solver.timesteps)):
+        x = solver(x, torch.zeros_like(x), step)
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("poison", ["prediction", "solver"])
+def test_non_finite_latents_are_an_error_naming_the_cause(poison: str) -> None:
+    from types import SimpleNamespace
+
+    from refiners_sd.pipeline.stable_diffusion import LatentDiffusion, NonFiniteLatentsError
+
+    class Unet:
+        def set_timestep(self, timestep: torch.Tensor) -> None:
+            self.timestep = timestep
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x, float("nan")) if poison == "prediction" else torch.zeros_like(x)
+
+    solver = DDIM(4)
+    if poison == "solver":
+        solver.forward = lambda x, noise, step: torch.full_like(x, float("inf"))  # type: ignore[method-assign]
+    pipeline = SimpleNamespace(unet=Unet(), device=torch.device("cpu"), set_conditioning=lambda conditioning: None)
+    with pytest.raises(NonFiniteLatentsError) as caught:
+        LatentDiffusion.denoise(pipeline, torch.zeros(1, 4, 2, 2), None, solver, guidance=1.0)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "step 1/4" in message
+    assert ("UNet's prediction" in message) == (poison == "prediction")
+    assert ("DDIM update" in message) == (poison == "solver")

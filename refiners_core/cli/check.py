@@ -238,7 +238,7 @@ def check(
     try:
         target = target_from_project(Path(path)) if Path(path).is_dir() else target_from_distribution(path)
     except ValueError as error:
-        typer.echo(f"refiners: error: {error}", err=True)
+        typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"Checking {target.label}")
     findings = run_checks(target, __version__)

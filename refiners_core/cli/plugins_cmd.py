@@ -7,6 +7,7 @@ import json
 import typer
 
 from refiners_core.plugins import PluginReport, plugin_reports
+from refiners_core.text import printable
 
 
 def plugins(
@@ -50,4 +51,4 @@ def render_text(reports: list[PluginReport], core_version: str) -> str:
     if not reports:
         lines.append("")
         lines.append("No plugin found. Install one (`pip install refiners-lora`) or write one (`refiners plugin new`).")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # distribution metadata and messages are untrusted

@@ -107,7 +107,7 @@ def new(
         destination = directory / names.dist
         files = render_plugin(names, destination)
     except (ValueError, FileExistsError) as error:
-        typer.echo(f"refiners: error: {error}", err=True)
+        typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Created {names.dist} in {destination} ({len(files)} files):")
     for path in files:

@@ -6,19 +6,32 @@ skipped with one :class:`RefinersPluginWarning` naming its distribution, version
 the reason; every other plugin still loads. An exception raised inside one plugin's hook is
 isolated the same way: its contribution is dropped with a warning.
 
+Clash rule: plugins load first-party distributions first (those built from this repository,
+:data:`FIRST_PARTY_DISTRIBUTIONS`), then every other one by distribution name. A name taken first
+(entry-point name, command, adapter family or alias, base model) is never replaced: a later plugin
+reusing it has that contribution ignored, with one warning naming the newcomer. Strict mode makes
+every clash an error.
+
+Isolation: in the CLI, a plugin import that does not finish within ``REFINERS_PLUGIN_IMPORT_TIMEOUT``
+seconds (default 10) is skipped and named (:func:`set_import_timeout`); what plugin imports and hooks
+print on stdout goes to stderr, so it never mixes with ``--json`` output; ``SystemExit`` raised by a
+plugin is a plugin error.
+
 Environment:
     ``REFINERS_LOAD_PLUGINS``: comma-separated distribution (or entry-point) names to load; set but
         empty loads none; unset loads all.
     ``REFINERS_STRICT_PLUGINS``: ``1``/``true``/``yes``/``on`` turns every warning into a ``PluginError``.
+    ``REFINERS_PLUGIN_IMPORT_TIMEOUT``: seconds one plugin import may take (default 10).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any, Literal
@@ -40,6 +53,18 @@ from refiners_core.plugins.validation import (
 ENTRY_POINT_GROUP = "refiners"
 LOAD_PLUGINS_ENV = "REFINERS_LOAD_PLUGINS"
 STRICT_PLUGINS_ENV = "REFINERS_STRICT_PLUGINS"
+IMPORT_TIMEOUT_ENV = "REFINERS_PLUGIN_IMPORT_TIMEOUT"
+DEFAULT_IMPORT_TIMEOUT_S = 10.0
+
+FIRST_PARTY_DISTRIBUTIONS = (
+    "refiners-registry",
+    "refiners-sd",
+    "refiners-lora",
+    "refiners-controlnet",
+    "refiners-t2i",
+    "refiners-ip-adapter",
+)
+"""Distributions built from this repository: they load first, so a third-party plugin cannot replace them."""
 
 Status = Literal["loaded", "skipped"]
 
@@ -178,7 +203,10 @@ class RefinersPluginManager(pluggy.PluginManager):
             return
         torch_before = "torch" in sys.modules
         try:
-            plugin = entry_point.load()
+            plugin = _load_with_timeout(entry_point.load, _import_timeout)
+        except TimeoutError as error:
+            self._skip(record, f"import of '{record.entry_point}' {error}")
+            return
         except (Exception, SystemExit) as error:
             self._skip(record, f"import failed: {type(error).__name__}: {error}")
             return
@@ -222,10 +250,11 @@ class RefinersPluginManager(pluggy.PluginManager):
         for impl in getattr(self.hook, hook_name).get_hookimpls():
             record = self._record(impl.plugin_name)
             try:
-                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-                problem = contribution_problem(hook_name, result, shape_only=True)
-                items = [] if result is None or problem else list(result)
-            except Exception as error:
+                with stdout_to_stderr():
+                    result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+                    problem = contribution_problem(hook_name, result, shape_only=True)
+                    items = [] if result is None or problem else list(result)
+            except (Exception, SystemExit) as error:
                 self._problem(record, f"{hook_name} raised {type(error).__name__}: {error}")
                 continue
             if problem := problem or contribution_problem(hook_name, items):
@@ -237,13 +266,13 @@ class RefinersPluginManager(pluggy.PluginManager):
         return gathered
 
     def adapter_families(self) -> dict[str, AdapterFamily]:
-        """``{name or alias: family}`` over loaded plugins; on a clash the first plugin (by distribution name) wins."""
+        """``{name or alias: family}`` over loaded plugins; on a clash the earlier plugin keeps the name."""
         if self._families is None:
             self._families = self._merge("refiners_adapter_families", "adapter family", with_aliases=True)
         return dict(self._families)
 
     def base_model_families(self) -> dict[str, BaseModelFamily]:
-        """``{name: base-model family}`` over loaded plugins; on a clash the first plugin wins."""
+        """``{name: base-model family}`` over loaded plugins; on a clash the earlier plugin keeps the name."""
         if self._base_models is None:
             self._base_models = self._merge("refiners_base_models", "base-model family", with_aliases=False)
         return dict(self._base_models)
@@ -292,8 +321,9 @@ class RefinersPluginManager(pluggy.PluginManager):
             groups_before, commands_before = list(cli.registered_groups), list(cli.registered_commands)
             taken = {_group_name(g) for g in groups_before} | {_command_name(c) for c in commands_before}
             try:
-                impl.function(*({"cli": cli}[arg] for arg in impl.argnames))
-            except Exception as error:
+                with stdout_to_stderr():
+                    impl.function(*({"cli": cli}[arg] for arg in impl.argnames))
+            except (Exception, SystemExit) as error:
                 problem = f"refiners_register_commands raised {type(error).__name__}: {error}"
             else:
                 added = [_group_name(g) for g in cli.registered_groups[len(groups_before) :]]
@@ -373,18 +403,79 @@ def strict_setting() -> bool:
 
 
 def discover_entry_points() -> list[metadata.EntryPoint]:
-    """Entry points of group ``refiners``, sorted by distribution then entry-point name.
+    """Entry points of group ``refiners``: first-party distributions first, then the others by name.
 
-    The order decides which plugin wins a name clash; sorting makes it the same on every machine
-    instead of depending on directory listing order.
+    The order decides who keeps a name when two plugins claim it (the earlier one); it is the same on
+    every machine, and a third-party plugin always comes after the distributions of this repository.
     """
     found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    first_party = {name: index for index, name in enumerate(FIRST_PARTY_DISTRIBUTIONS)}
 
-    def key(entry_point: metadata.EntryPoint) -> tuple[str, str]:
+    def key(entry_point: metadata.EntryPoint) -> tuple[int, str, str]:
         dist = entry_point.dist
-        return (canonicalize_name(dist.metadata["Name"] or "") if dist is not None else "", entry_point.name)
+        name = canonicalize_name(dist.metadata["Name"] or "") if dist is not None else ""
+        return (first_party.get(name, len(first_party)), name, entry_point.name)
 
     return sorted(found, key=key)
+
+
+_import_timeout: float | None = None
+
+
+def set_import_timeout(seconds: float | None) -> None:
+    """Bound each plugin import to ``seconds`` from now on (None: no bound; the CLI sets it).
+
+    Off by default in Python: a bounded import runs in a thread, which would wait for ever on a
+    module that the calling thread is itself importing.
+    """
+    global _import_timeout
+    _import_timeout = seconds
+
+
+def import_timeout_setting() -> float:
+    """Seconds one plugin import may take (``REFINERS_PLUGIN_IMPORT_TIMEOUT``, default 10; <= 0: no limit)."""
+    value = os.environ.get(IMPORT_TIMEOUT_ENV, "").strip()
+    try:
+        return float(value) if value else DEFAULT_IMPORT_TIMEOUT_S
+    except ValueError:
+        return DEFAULT_IMPORT_TIMEOUT_S
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what plugin code prints on stdout to stderr (keeps ``--json`` output clean)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _load_with_timeout(load: Callable[[], Any], timeout: float | None) -> Any:
+    """Run ``load`` (a plugin import) with stdout sent to stderr, giving up after ``timeout`` seconds.
+
+    The import runs in a daemon thread: one that hangs is left behind and never blocks the process exit.
+
+    Raises:
+        TimeoutError: the import did not finish in time.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = load()
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+
+    with stdout_to_stderr():
+        if timeout is None or timeout <= 0:
+            run()
+        else:
+            thread = threading.Thread(target=run, name="refiners-plugin-import", daemon=True)
+            thread.start()
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"did not finish within {timeout:g} s (hangs?; {IMPORT_TIMEOUT_ENV})")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 _lock = threading.RLock()
@@ -414,12 +505,12 @@ def reset_plugin_manager() -> None:
 
 
 def adapter_families() -> dict[str, AdapterFamily]:
-    """``{name or alias: AdapterFamily}`` merged over loaded plugins (first plugin wins a clash)."""
+    """``{name or alias: AdapterFamily}`` merged over loaded plugins (the earlier plugin keeps a clashing name)."""
     return get_plugin_manager().adapter_families()
 
 
 def base_model_families() -> dict[str, BaseModelFamily]:
-    """``{name: BaseModelFamily}`` merged over loaded plugins (first plugin wins a clash)."""
+    """``{name: BaseModelFamily}`` merged over loaded plugins (the earlier plugin keeps a clashing name)."""
     return get_plugin_manager().base_model_families()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
@@ -16,6 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from refiners_core.errors import RefinersWarning
 from refiners_core.plugins import hookspecs
 from refiners_core.plugins.descriptors import AdapterFamily, BaseModelFamily, NameResolver
 
@@ -23,7 +25,7 @@ CORE_DISTRIBUTION = "refiners-core"
 HOOK_PREFIX = "refiners_"
 
 
-class RefinersPluginWarning(UserWarning):
+class RefinersPluginWarning(RefinersWarning):
     """A plugin was skipped or one of its contributions was ignored (see the message for why)."""
 
 
@@ -44,6 +46,22 @@ def required_argnames(function: Callable[..., Any]) -> tuple[str, ...]:
         for p in parameters
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
     )
+
+
+_REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def unreadable_core_requirements(requires: Iterable[str] | None) -> list[str]:
+    """``Requires-Dist`` lines naming ``refiners-core`` that are not valid PEP 508 (e.g. ``>=not a version``)."""
+    bad: list[str] = []
+    for line in requires or ():
+        try:
+            Requirement(line)
+        except InvalidRequirement:
+            match = _REQUIREMENT_NAME.match(line)
+            if match and canonicalize_name(match.group(1)) == CORE_DISTRIBUTION:
+                bad.append(line)
+    return bad
 
 
 def core_requirements(requires: Iterable[str] | None) -> list[Requirement]:
@@ -71,6 +89,8 @@ def requirement_problem(requires: Iterable[str] | None, core_version: str) -> st
         version = Version(core_version)
     except InvalidVersion:  # a development checkout with an odd version: nothing to compare
         return None
+    for line in unreadable_core_requirements(requires):
+        return f"declares an unreadable requirement on {CORE_DISTRIBUTION}: {line!r} (not PEP 508)"
     for requirement in core_requirements(requires):
         if not requirement.specifier.contains(version, prereleases=True):
             return f"requires '{requirement}' but refiners-core {core_version} is installed"
@@ -78,30 +98,33 @@ def requirement_problem(requires: Iterable[str] | None, core_version: str) -> st
 
 
 def hook_problems(plugin: object) -> list[str]:
-    """Check the ``refiners_*`` attributes of a plugin module (or object) against the hook specs.
+    """Check the hook functions of a plugin module (or object) against the hook specs.
 
-    Reports hooks marked with ``hookimpl`` that do not exist (with a suggestion for misspellings),
-    functions named like a hook but not marked, unmarked near-misses of a hook name, hook
-    wrappers (metadata hooks are plain calls), and parameters that the hook does not provide.
+    Reports every function marked with ``hookimpl`` whose name is not a hook, whatever its name (with a
+    suggestion for misspellings), functions named like a hook but not marked, unmarked near-misses of a
+    hook name, hook wrappers (metadata hooks are plain calls), and parameters that the hook does not provide.
     """
     specs = hook_specs()
     marker_attribute = f"{hookspecs.PROJECT_NAME}_impl"
     problems: list[str] = []
     for name in sorted(dir(plugin)):
-        if not name.startswith(HOOK_PREFIX):
+        try:
+            function = getattr(plugin, name, None)
+        except Exception:  # an attribute that raises on access is nothing we can call
             continue
-        function = getattr(plugin, name, None)
         if not callable(function):
             continue
         options = getattr(function, marker_attribute, None)
-        if options is None:
+        if not isinstance(options, Mapping):
+            if not name.startswith(HOOK_PREFIX):
+                continue
             if name in specs:
                 problems.append(f"'{name}' is not marked with @refiners_core.hookimpl, so it is never called")
             elif suggestion := _closest_hook(name, specs):
                 problems.append(f"unknown hook '{name}' (not marked with @hookimpl); did you mean '{suggestion}'?")
             continue
         if name not in specs:
-            hint = f"; did you mean '{suggestion}'?" if (suggestion := _closest_hook(name, specs)) else ""
+            hint = f"; did you mean '{suggestion}'?" if (suggestion := _closest_hook(name, specs, marked=True)) else ""
             problems.append(f"unknown hook '{name}'{hint} (known hooks: {', '.join(sorted(specs))})")
             continue
         if options.get("hookwrapper") or options.get("wrapper"):
@@ -165,6 +188,13 @@ def loader_reference_problem(reference: str) -> str | None:
     return None
 
 
-def _closest_hook(name: str, specs: dict[str, tuple[str, ...]]) -> str | None:
-    matches = difflib.get_close_matches(name, list(specs), n=1, cutoff=0.8)
-    return matches[0] if matches else None
+def _closest_hook(name: str, specs: dict[str, tuple[str, ...]], marked: bool = False) -> str | None:
+    """The hook ``name`` most likely meant: compared as written and without its prefix, looser when marked."""
+    cutoff = 0.6 if marked else 0.8
+    matches = difflib.get_close_matches(name, list(specs), n=1, cutoff=cutoff)
+    if matches:
+        return matches[0]
+    bare = {spec.removeprefix(HOOK_PREFIX): spec for spec in specs}
+    stem = name.removeprefix(HOOK_PREFIX)
+    matches = difflib.get_close_matches(stem, list(bare), n=1, cutoff=cutoff)
+    return bare[matches[0]] if matches else None

@@ -11,11 +11,13 @@ from refiners_registry.download import FileCheck
 from refiners_registry.errors import (
     CatalogError,
     HashMismatchError,
+    LocalIOError,
     MissingPluginError,
     NetworkError,
     NotCachedError,
     PickleNotAllowedError,
     RegistryError,
+    SizeExceededError,
     UnknownEntryError,
 )
 from refiners_registry.loading import load_adapter
@@ -30,12 +32,14 @@ __all__ = [
     "CatalogWarning",
     "FileCheck",
     "HashMismatchError",
+    "LocalIOError",
     "MissingPluginError",
     "NetworkError",
     "NotCachedError",
     "PickleNotAllowedError",
     "Registry",
     "RegistryError",
+    "SizeExceededError",
     "SourceFile",
     "SourceSpec",
     "UnknownEntryError",

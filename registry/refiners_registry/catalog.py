@@ -295,17 +295,23 @@ def iter_catalog_tables(tables: object, origin: str) -> Iterator[tuple[CatalogEn
 def read_catalog_file(path: Path) -> tuple[list[CatalogEntry], list[CatalogIssue]]:
     """Read a TOML catalog file; return its valid entries and the issues found (bad entries are skipped).
 
-    A file that cannot be read or parsed yields no entries and one issue. A name repeated inside the
+    A file that cannot be read, decoded (UTF-8, with or without a BOM) or parsed yields no entries and
+    one issue. A name repeated inside the
     file keeps its first entry.
     """
     origin = str(path)
     try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+        raw = Path(path).read_bytes()
     except OSError as error:
         return [], [CatalogIssue(origin, f"cannot read catalog: {error.strerror or error}")]
+    try:
+        document = tomllib.loads(raw.decode("utf-8-sig"))  # a leading UTF-8 BOM is accepted
+    except UnicodeDecodeError as error:
+        return [], [CatalogIssue(origin, f"not UTF-8 text (byte {error.start}): catalog ignored")]
     except tomllib.TOMLDecodeError as error:
         return [], [CatalogIssue(origin, f"invalid TOML: {error}")]
+    except RecursionError:
+        return [], [CatalogIssue(origin, "invalid TOML: nested too deeply")]
     unknown = sorted(set(document) - {"adapter"})
     issues = [CatalogIssue(origin, f"unknown top-level key(s) ignored: {', '.join(unknown)}")] if unknown else []
     entries: list[CatalogEntry] = []

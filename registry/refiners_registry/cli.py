@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from refiners_core.text import printable
 from refiners_registry.catalog import CatalogEntry
 from refiners_registry.errors import RegistryError, exit_code_for
 
@@ -53,8 +54,13 @@ def _cache(offline: OfflineOption = False) -> None:
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(message.replace("\n", " ").strip() + "\n")
+    sys.stderr.write(printable(message).strip() + "\n")
     sys.stderr.flush()
+
+
+def _out(line: str) -> None:
+    """One line on stdout, control characters from catalogs or metadata escaped."""
+    sys.stdout.write(printable(line) + "\n")
 
 
 @contextmanager
@@ -90,18 +96,31 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _table(entries: list[CatalogEntry], registry: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _size(entry: CatalogEntry) -> str:
+    """Download size of an entry when the catalog gives every file's size, else ``-``."""
+    sizes = [f.size for f in entry.source.files if f.size is not None]
+    return _human(sum(sizes)) if len(sizes) == len(entry.source.files) else "-"
 
-    table = Table(box=None, header_style="bold")
-    for column in ("name", "family", "base model", "cached"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("description", overflow="fold")
-    for entry in entries:
-        cached = "yes" if registry.is_installed(entry.name) else ""
-        table.add_row(entry.name, entry.family, entry.base_model, cached, entry.description)
-    Console().print(table)
+
+def _table(entries: list[CatalogEntry]) -> None:
+    """One line per entry; the description is cut to the terminal width (80 columns when not a terminal).
+
+    Only catalog data is shown (the cache is not read, which keeps listing fast): ``info``, ``cache ls``
+    and ``list --installed`` tell what is cached.
+    """
+    import shutil
+
+    headers = ("name", "family", "base", "size", "description")
+    rows = [
+        [printable(cell) for cell in (entry.name, entry.family, entry.base_model, _size(entry), entry.description)]
+        for entry in entries
+    ]
+    widths = [max([len(headers[i]), *(len(row[i]) for row in rows)]) for i in range(len(headers) - 1)]
+    room = max(shutil.get_terminal_size((80, 24)).columns - sum(widths) - 2 * len(widths) - 1, 12)
+    for row in [list(headers), *rows]:
+        cells = [row[i].rjust(width) if i == 3 else row[i].ljust(width) for i, width in enumerate(widths)]
+        description = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        sys.stdout.write(("  ".join([*cells, description])).rstrip() + "\n")
 
 
 @adapters_app.command("list")
@@ -120,7 +139,7 @@ def list_(
         if as_json:
             _print_json([e.to_dict() for e in entries])
         else:
-            _table(entries, registry)
+            _table(entries)
 
 
 @adapters_app.command()
@@ -135,7 +154,7 @@ def search(
         if as_json:
             _print_json([e.to_dict() for e in entries])
         else:
-            _table(entries, registry)
+            _table(entries)
 
 
 @adapters_app.command()
@@ -154,6 +173,7 @@ def info(name: Annotated[str, typer.Argument(help="Catalog name.")], as_json: Js
             ("base model", entry.base_model),
             ("license", entry.license),
             ("tags", ", ".join(entry.tags) or "-"),
+            ("size", _size(entry)),
             ("requires", entry.requires or "-"),
             ("repository", entry.source.repo_id),
             ("revision", entry.source.revision),
@@ -162,7 +182,8 @@ def info(name: Annotated[str, typer.Argument(help="Catalog name.")], as_json: Js
         lines += [f"  {key:<11}{value}" for key, value in rows]
         for file, local in registry.local_paths(name).items():
             lines.append(f"  file       {file}  ({'cached: ' + str(local) if local else 'not cached'})")
-        sys.stdout.write("\n".join(lines) + "\n")
+        for line in lines:
+            _out(line)
 
 
 @adapters_app.command()
@@ -217,13 +238,13 @@ def verify(
             for check in result.files:
                 checked += 1
                 if check.status == "ok":
-                    sys.stdout.write(f"ok        {target}  {check.path}\n")
+                    _out(f"ok        {target}  {check.path}")
                 elif check.status == "missing":
                     missing += 1
-                    sys.stdout.write(f"missing   {target}  {check.path}\n")
+                    _out(f"missing   {target}  {check.path}")
                 else:
                     bad += 1
-                    sys.stdout.write(f"MISMATCH  {target}  {check.path}  want {check.want} got {check.got}\n")
+                    _out(f"MISMATCH  {target}  {check.path}  want {check.want} got {check.got}")
         if bad:
             _err(f"Error: {bad} file(s) do not match the catalog; run 'refiners adapters pull --force NAME'")
             raise typer.Exit(5)
@@ -235,15 +256,21 @@ def verify(
 
 
 @adapters_app.command()
-def remove(name: Annotated[str, typer.Argument(help="Catalog name.")]) -> None:
-    """Remove an entry's files from the cache."""
+def remove(names: Annotated[list[str], typer.Argument(help="Catalog names (files they share go too).")]) -> None:
+    """Remove entries' files from the cache; a file another entry also lists stays."""
     with _errors():
         registry = _registry()
-        if not any(registry.local_paths(name).values()):
-            _err(f"{name} is not cached")
+        cached = [name for name in names if any(registry.local_paths(name).values())]
+        for name in names:
+            if name not in cached:
+                _err(f"{name} is not cached")
+        if not cached:
             return
-        freed = registry.remove(name)
-        sys.stdout.write(f"removed {name} ({_human(freed)} freed)\n")
+        for name in cached:
+            for path, others in registry.shared_files(name, together=names).items():
+                _err(f"kept {path} of {name}: also used by {', '.join(others)} (name them too to remove it)")
+        freed = registry.remove(*cached)
+        _out(f"removed {', '.join(cached)} ({_human(freed)} freed)")
 
 
 @cache_app.command("dir")
@@ -271,7 +298,7 @@ def cache_ls(as_json: JsonOption = False) -> None:
             return
         for row in rows:
             state = "" if row["complete"] else "  (partial)"
-            sys.stdout.write(f"{row['name']}  {_human(row['size'])}{state}  {row['paths'][0]}\n")
+            _out(f"{row['name']}  {_human(row['size'])}{state}  {row['paths'][0]}")
         _err(f"{len(rows)} cached entries, {_human(sum(r['size'] for r in rows))}")
 
 

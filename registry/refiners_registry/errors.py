@@ -9,11 +9,13 @@ from refiners_core.errors import PickleRefusedError, RegistryError
 __all__ = [
     "CatalogError",
     "HashMismatchError",
+    "LocalIOError",
     "MissingPluginError",
     "NetworkError",
     "NotCachedError",
     "PickleNotAllowedError",
     "RegistryError",
+    "SizeExceededError",
     "UnknownEntryError",
     "exit_code_for",
 ]
@@ -48,9 +50,22 @@ class HashMismatchError(RegistryError):
 
     exit_code = 5
 
-    def __init__(self, name: str, path: str, want: str, got: str) -> None:
-        self.name, self.path, self.want, self.got = name, path, want, got
-        super().__init__(f"sha256 mismatch for {name} ({path}): want {want}, got {got}; the bad file was removed")
+    def __init__(self, name: str, path: str, want: str, got: str, outcome: str = "the bad file was removed") -> None:
+        self.name, self.path, self.want, self.got, self.outcome = name, path, want, got, outcome
+        super().__init__(f"sha256 mismatch for {name} ({path}): want {want}, got {got}; {outcome}")
+
+
+class SizeExceededError(RegistryError):
+    """A download went past the size the catalog pins for the file; it was stopped."""
+
+    exit_code = 5
+
+    def __init__(self, name: str, path: str, limit: int, got: int) -> None:
+        self.name, self.path, self.limit, self.got = name, path, limit, got
+        super().__init__(
+            f"{name} ({path}): the Hub sent more than the catalog's size of {limit} bytes ({got} or more); "
+            "download stopped ('refiners cache prune' removes the partial file)"
+        )
 
 
 class NotCachedError(RegistryError):
@@ -63,6 +78,12 @@ class NetworkError(RegistryError):
     """The Hub could not be reached, refused the request, or the transfer was interrupted."""
 
     exit_code = 7
+
+
+class LocalIOError(RegistryError):
+    """The local file system failed: disk full, file-size limit, read-only cache, a path that is not a folder."""
+
+    exit_code = 9
 
 
 class PickleNotAllowedError(RegistryError, PickleRefusedError):

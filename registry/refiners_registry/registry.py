@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from refiners_core.errors import RefinersWarning
 from refiners_registry.catalog import CatalogEntry, CatalogIssue, is_pickle_path, validate_commit
 from refiners_registry.download import (
     FileCheck,
@@ -20,7 +21,13 @@ from refiners_registry.download import (
     remove_cached_file,
     sha256_file,
 )
-from refiners_registry.errors import CatalogError, PickleNotAllowedError, RegistryError, UnknownEntryError
+from refiners_registry.errors import (
+    CatalogError,
+    LocalIOError,
+    PickleNotAllowedError,
+    RegistryError,
+    UnknownEntryError,
+)
 from refiners_registry.requirements import ensure_plugin
 from refiners_registry.sources import collect_sources
 
@@ -32,7 +39,7 @@ __all__ = ["CatalogWarning", "Registry", "VerifyResult"]
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class CatalogWarning(UserWarning):
+class CatalogWarning(RefinersWarning):
     """A catalog entry was skipped, a catalog file was unreadable, or a name was shadowed."""
 
 
@@ -219,17 +226,48 @@ class Registry:
             if local is None:
                 checks.append(FileCheck(file.path, "missing", file.sha256))
                 continue
-            got = sha256_file(local)
+            try:
+                got = sha256_file(local)
+            except OSError as error:
+                raise LocalIOError(f"{name}: cannot read {local}: {error.strerror or error}") from error
             checks.append(FileCheck(file.path, "ok" if got == file.sha256 else "mismatch", file.sha256, got, local))
         return VerifyResult(entry.name, tuple(checks))
 
-    def remove(self, name: str) -> int:
-        """Remove the entry's files from the cache; blobs shared with other snapshots stay. Return bytes freed."""
+    def remove(self, *names: str) -> int:
+        """Remove the files of the named entries from the cache; return bytes freed.
+
+        A file that an entry not named here also lists (same repository, commit and path) stays, and so
+        does a blob that another snapshot links to: name the entries together to remove a shared file.
+        """
+        entries = [self.get(name) for name in names]
+        freed = 0
+        done: set[tuple[str, str, str]] = set()
+        for entry in entries:
+            shared = self.shared_files(entry.name, together=names)
+            for f in entry.source.files:
+                key = (entry.source.repo_id, entry.source.revision, f.path)
+                if f.path in shared or key in done:
+                    continue
+                done.add(key)
+                freed += remove_cached_file(self.cache_dir, *key)
+        return freed
+
+    def shared_files(self, name: str, together: Sequence[str] = ()) -> dict[str, builtins.list[str]]:
+        """``{path: [other entry names]}`` for the entry's files that other catalog entries also list.
+
+        Entries named in ``together`` do not count as others.
+        """
         entry = self.get(name)
-        return sum(
-            remove_cached_file(self.cache_dir, entry.source.repo_id, entry.source.revision, f.path)
-            for f in entry.source.files
-        )
+        mine = {(entry.source.repo_id, entry.source.revision, f.path) for f in entry.source.files}
+        shared: dict[str, builtins.list[str]] = {}
+        for other in self.entries.values():
+            if other.name == entry.name or other.name in together:
+                continue
+            for f in other.source.files:
+                key = (other.source.repo_id, other.source.revision, f.path)
+                if key in mine:
+                    shared.setdefault(f.path, []).append(other.name)
+        return shared
 
     def load(
         self,

@@ -3,8 +3,9 @@
 Order: the catalog bundled in this package, then catalogs contributed by plugins through the
 ``refiners_catalog_entries`` hook, then the user's catalog (``$XDG_CONFIG_HOME/refiners/catalog.toml``,
 by default ``~/.config/refiners/catalog.toml``) and every file named in ``REFINERS_CATALOG``
-(``os.pathsep``-separated). A later source may replace an earlier name, never silently: each
-replacement is reported as an issue.
+(``os.pathsep``-separated). A plugin catalog never replaces a name taken before it (the newcomer
+is ignored and named in an issue); a user catalog may replace one, never silently (an issue says so).
+With ``REFINERS_STRICT_PLUGINS`` set, any name clash is a :class:`CatalogError`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from refiners_registry.catalog import CatalogEntry, CatalogIssue, iter_catalog_tables, read_catalog_file
+from refiners_registry.errors import CatalogError
 
 __all__ = ["CatalogSet", "bundled_catalog_path", "collect_sources", "plugin_catalog_sources", "user_catalog_paths"]
 
 CATALOG_ENV = "REFINERS_CATALOG"
+STRICT_ENV = "REFINERS_STRICT_PLUGINS"
 
 
 def bundled_catalog_path() -> Path:
@@ -53,15 +56,27 @@ class CatalogSet:
     entries: dict[str, CatalogEntry] = field(default_factory=dict)
     issues: list[CatalogIssue] = field(default_factory=list)
 
-    def add(self, entries: Iterable[CatalogEntry], issues: Iterable[CatalogIssue] = ()) -> None:
-        """Merge entries from one source after the ones already there; a repeated name replaces and is reported."""
+    clashes: list[CatalogIssue] = field(default_factory=list)
+
+    def add(self, entries: Iterable[CatalogEntry], issues: Iterable[CatalogIssue] = (), replace: bool = True) -> None:
+        """Merge entries from one source after the ones already there; every repeated name is reported.
+
+        With ``replace`` (user catalogs) the newcomer shadows the earlier entry; without it (plugin
+        catalogs) the earlier entry stays and the newcomer is ignored.
+        """
         self.issues.extend(issues)
         for entry in entries:
             previous = self.entries.get(entry.name)
             if previous is not None:
-                self.issues.append(
-                    CatalogIssue(entry.origin, f"shadows the entry of the same name from {previous.origin}", entry.name)
-                )
+                if replace:
+                    message = f"shadows the entry of the same name from {previous.origin}"
+                else:
+                    message = f"ignored: the name is already taken by the entry from {previous.origin}"
+                issue = CatalogIssue(entry.origin, message, entry.name)
+                self.issues.append(issue)
+                self.clashes.append(issue)
+                if not replace:
+                    continue
             self.entries[entry.name] = entry
 
     def add_file(self, path: Path) -> None:
@@ -73,11 +88,13 @@ class CatalogSet:
         origin = f"plugin {plugin}"
         if isinstance(source, (str, os.PathLike)):
             entries, issues = read_catalog_file(Path(source))
-            self.add(entries, [CatalogIssue(f"{origin} ({i.origin})", i.message, i.name) for i in issues])
+            issues = [CatalogIssue(f"{origin} ({i.origin})", i.message, i.name) for i in issues]
+            self.add(entries, issues, replace=False)
             return
         if isinstance(source, Mapping):
             results = list(iter_catalog_tables([source], origin))
-            self.add([e for e, _ in results if e is not None], [i for _, i in results if i is not None])
+            found = [e for e, _ in results if e is not None]
+            self.add(found, [i for _, i in results if i is not None], replace=False)
             return
         self.issues.append(CatalogIssue(origin, f"skipped: unsupported catalog source {type(source).__name__}"))
 
@@ -106,4 +123,12 @@ def collect_sources(
                 catalog.add_file(path)
     for path in extra:
         catalog.add_file(Path(path))
+    if catalog.clashes and _strict():
+        raise CatalogError(f"catalog name clash ({STRICT_ENV} is set): {catalog.clashes[0]}")
     return catalog
+
+
+def _strict() -> bool:
+    from refiners_core.plugins.manager import strict_setting
+
+    return strict_setting()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from refiners_core.errors import RefinersError
 from refiners_sd.clip import CLIPTextEncoder, CLIPTextEncoderG, CLIPTextEncoderL, CLIPTokenizer, DoubleTextEncoder
 from refiners_sd.pipeline.guidance import classifier_free_guidance, uses_guidance
 from refiners_sd.pipeline.layout import PipelineLayout, read_layout
@@ -34,6 +35,22 @@ StepCallback = Callable[[int, int], None]
 """Called after each denoising step as ``callback(steps_done, total_steps)``."""
 
 Device = torch.device | str | None
+
+
+class NonFiniteLatentsError(RefinersError, ValueError):
+    """The latents became NaN or infinite during denoising (the image would be black): the cause is named."""
+
+
+def _non_finite_cause(step: int, total: int, timestep: torch.Tensor, solver: Solver, prediction: torch.Tensor) -> str:
+    where = f"latents became NaN or infinite at step {step + 1}/{total} (timestep {int(timestep)})"
+    if not bool(torch.isfinite(prediction).all()):
+        cause = (
+            "the UNet's prediction was already NaN or infinite: check the weights and scales of the adapters "
+            "(a NaN or huge LoRA scale) and the dtype (float16 overflow)"
+        )
+    else:
+        cause = f"the {type(solver).__name__} update produced them (step count {solver.num_inference_steps})"
+    return f"{where}: {cause}"
 
 
 @dataclass
@@ -142,6 +159,8 @@ class LatentDiffusion:
             if guided:
                 prediction = classifier_free_guidance(prediction, guidance)
             latents = solver(latents, prediction, step)
+            if not bool(torch.isfinite(latents).all()):
+                raise NonFiniteLatentsError(_non_finite_cause(step, total, timestep, solver, prediction))
             if callback is not None:
                 callback(step + 1, total)
         return latents

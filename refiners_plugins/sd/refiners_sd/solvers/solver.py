@@ -6,10 +6,19 @@ from typing import Literal
 
 import torch
 
+from refiners_core.errors import RefinersError
 from refiners_core.module import Module
 from refiners_sd.solvers.schedule import BetaSchedule, TimestepSpacing, alphas_cumprod, make_betas
 
-__all__ = ["PredictionType", "Solver"]
+__all__ = ["PredictionType", "Solver", "SolverError"]
+
+# a generous bound on the search for the largest usable step count in error messages
+_MAX_STEP_SEARCH = 64
+
+
+class SolverError(RefinersError, ValueError):
+    """A solver cannot run with these settings: a step count its schedule cannot space without repeats."""
+
 
 PredictionType = Literal["epsilon", "v_prediction"]
 
@@ -45,12 +54,35 @@ class Solver(Module):
         self.timestep_spacing: TimestepSpacing = timestep_spacing or self.default_spacing
         self.steps_offset = steps_offset
         self.prediction_type: PredictionType = prediction_type
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+            raise SolverError(f"the number of steps must be an integer, got {num_inference_steps!r}")
+        if not 0 < num_inference_steps <= num_train_timesteps:
+            raise SolverError(f"the number of steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
         self.alphas_cumprod = alphas_cumprod(make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule))
         self.timesteps = self._make_timesteps()
+        if len(set(self.timesteps.tolist())) != len(self.timesteps):
+            raise SolverError(
+                f"{type(self).__name__} with {self.timestep_spacing!r} spacing repeats timesteps for "
+                f"{num_inference_steps} steps over {num_train_timesteps} training timesteps (a repeated timestep "
+                f"gives NaN); use at most {self._max_distinct_steps()} steps"
+            )
 
     def _make_timesteps(self) -> torch.Tensor:
         """The inference timesteps, in decreasing order."""
         raise NotImplementedError
+
+    def _max_distinct_steps(self) -> int:
+        """The largest step count below the current one whose timesteps are all distinct (for messages)."""
+        requested = self.num_inference_steps
+        try:
+            for steps in range(requested - 1, max(requested - _MAX_STEP_SEARCH, 0), -1):
+                self.num_inference_steps = steps
+                timesteps = self._make_timesteps()
+                if len(set(timesteps.tolist())) == len(timesteps):
+                    return steps
+            return max(requested - _MAX_STEP_SEARCH, 1)
+        finally:
+            self.num_inference_steps = requested
 
     @property
     def init_noise_sigma(self) -> float:
