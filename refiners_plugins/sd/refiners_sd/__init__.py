@@ -52,6 +52,11 @@ _LAZY: dict[str, str] = {
     "StableDiffusion1": "refiners_sd.pipeline",
     "StableDiffusionXL": "refiners_sd.pipeline",
     "load_pipeline": "refiners_sd.pipeline",
+    "load_single_file": "refiners_sd.single_file",
+    "load_vae": "refiners_sd.single_file",
+    "detect_architecture": "refiners_sd.single_file",
+    "save_single_file": "refiners_sd.single_file",
+    "SCHEDULER_CONFIGS": "refiners_sd.pipeline.defaults",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -74,6 +79,8 @@ if TYPE_CHECKING:
     )
     from refiners_sd.configs import KNOWN_CONFIGS, SD15_UNET_CONFIG, SDXL_UNET_CONFIG
     from refiners_sd.pipeline import StableDiffusion1, StableDiffusionXL, load_pipeline
+    from refiners_sd.pipeline.defaults import SCHEDULER_CONFIGS
+    from refiners_sd.single_file import detect_architecture, load_single_file, load_vae, save_single_file
     from refiners_sd.solvers import DDIM, DPMSolverPlusPlus2M, Euler, Solver
     from refiners_sd.unet.config import UNetConfig, UnsupportedConfigError
     from refiners_sd.unet.loading import diffusers_state_dict, load_diffusers_state_dict, load_unet

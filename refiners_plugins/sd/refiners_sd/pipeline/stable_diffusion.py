@@ -372,9 +372,40 @@ def _common_parts(
 
 
 def load_pipeline(
-    folder: str | Path, device: Device = None, dtype: torch.dtype | None = None, solver: str = "ddim"
+    path: str | Path,
+    device: Device = None,
+    dtype: torch.dtype | None = None,
+    solver: str = "ddim",
+    *,
+    vae: str | Path | None = None,
+    allow_pickle: bool = False,
 ) -> StableDiffusion1 | StableDiffusionXL:
-    """Load a diffusers pipeline folder as :class:`StableDiffusion1` or :class:`StableDiffusionXL` (detected)."""
-    layout = read_layout(folder)
-    model_class = StableDiffusionXL if layout.topology == "sdxl" else StableDiffusion1
-    return model_class.from_diffusers(layout.root, device=device, dtype=dtype, solver=solver)
+    """Load :class:`StableDiffusion1` or :class:`StableDiffusionXL` (detected) from a diffusers pipeline folder
+    or a single-file checkpoint, offline.
+
+    Args:
+        path: a diffusers pipeline folder, or a single ``.safetensors`` checkpoint in the A1111/ComfyUI layout
+            (see :func:`refiners_sd.single_file.load_single_file`); a pickled ``.ckpt`` only with
+            ``allow_pickle=True`` (read with ``torch.load(weights_only=True)``).
+        dtype: weight dtype (``None``: float32).
+        solver: ``ddim``, ``euler`` or ``dpm++2m``.
+        vae: swap the VAE for a diffusers VAE folder or a single VAE file (see
+            :func:`refiners_sd.single_file.load_vae`).
+
+    Raises:
+        WeightsError: naming the file and what is wrong with it (missing, truncated, another architecture,
+            unknown keys). PickleRefusedError: a pickled file without the opt-in.
+    """
+    from refiners_sd.single_file.loading import load_single_file, load_vae
+
+    source = Path(path).expanduser()
+    model: StableDiffusion1 | StableDiffusionXL
+    if source.is_file():
+        model = load_single_file(source, device=device, dtype=dtype, solver=solver, allow_pickle=allow_pickle)
+    else:
+        layout = read_layout(source)
+        model_class = StableDiffusionXL if layout.topology == "sdxl" else StableDiffusion1
+        model = model_class.from_diffusers(layout.root, device=device, dtype=dtype, solver=solver)
+    if vae is not None:
+        model.autoencoder = load_vae(vae, model.topology, device=device, dtype=dtype, allow_pickle=allow_pickle)  # type: ignore[arg-type]
+    return model
