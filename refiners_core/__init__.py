@@ -68,10 +68,15 @@ _LAZY: dict[str, str] = {
     "LoadedAdapter": "refiners_core.contracts",
     "ImageAdapter": "refiners_core.contracts",
     "ImageInput": "refiners_core.contracts",
+    "component_of": "refiners_core.contracts",
+    "TrainablePipeline": "refiners_core.contracts",
+    "TrainableAdapter": "refiners_core.contracts",
     "load_base_model": "refiners_core.plugins.resolution",
     "load_adapter": "refiners_core.plugins.resolution",
     "ResolutionError": "refiners_core.plugins.resolution",
     "image_to_tensor": "refiners_core.images",
+    "write_demo_condition_image": "refiners_core.images",
+    "write_demo_reference_image": "refiners_core.images",
     # layers
     "Linear": "refiners_core.layers.linear",
     "Conv2d": "refiners_core.layers.conv",
@@ -176,8 +181,16 @@ if TYPE_CHECKING:  # static analysers see every name eagerly
     )
     from refiners_core.config import config_from_dict, read_config, resolve_config
     from refiners_core.context import ContextProvider, Contexts, SetContext, UseContext, provider_of
-    from refiners_core.contracts import ImageAdapter, ImageInput, LoadedAdapter, Pipeline
-    from refiners_core.images import image_to_tensor
+    from refiners_core.contracts import (
+        ImageAdapter,
+        ImageInput,
+        LoadedAdapter,
+        Pipeline,
+        TrainableAdapter,
+        TrainablePipeline,
+        component_of,
+    )
+    from refiners_core.images import image_to_tensor, write_demo_condition_image, write_demo_reference_image
     from refiners_core.layers.activations import GLU, ApproximateGeLU, GeLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
     from refiners_core.layers.attention import Attention, ScaledDotProductAttention, SelfAttention
     from refiners_core.layers.basics import (

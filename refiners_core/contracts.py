@@ -13,8 +13,9 @@ Importing this module never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +31,9 @@ __all__ = [
     "LoadedAdapter",
     "Pipeline",
     "StepCallback",
+    "component_of",
+    "TrainableAdapter",
+    "TrainablePipeline",
 ]
 
 ImageInput: TypeAlias = "Image.Image | torch.Tensor"
@@ -144,4 +148,74 @@ class Pipeline(Protocol):
         callback: StepCallback | None = None,
     ) -> Image.Image:
         """Generate one image with every adapter currently loaded."""
+        ...
+
+
+def component_of(target: Any, name: str) -> Any:
+    """The component ``name`` of ``target`` when it is a pipeline (has ``components()``), else ``target`` itself.
+
+    Family loaders call it so that they accept a whole pipeline or the bare component they patch.
+
+    Raises:
+        RefinersError: a pipeline without that component (the message lists its components).
+    """
+    components = getattr(target, "components", None)
+    if not callable(components):
+        return target
+    found = components()
+    if name not in found:
+        from refiners_core.errors import RefinersError
+
+        raise RefinersError(f"this pipeline has no {name!r} component (it has: {', '.join(found)})")
+    return found[name]
+
+
+@runtime_checkable
+class TrainablePipeline(Pipeline, Protocol):
+    """A pipeline an application can train adapters on (``refiners train``): the pieces of one diffusion
+    training step, with the base model's own conventions (latent scaling, text conditioning, noise schedule,
+    prediction target) kept inside the base-model plugin.
+
+    A step is ``latents = encode_images(x)``, ``conditioning = encode_prompts(captions)``, then
+    ``training_loss(latents, conditioning, noise, timesteps)``; the caller draws ``noise`` (shaped like the
+    latents) and integer ``timesteps`` in ``[0, num_train_timesteps)`` so that it controls every random number.
+    """
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """How many timesteps the noise schedule has (1000 for Stable Diffusion)."""
+        ...
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` with values in ``[0, 1]`` -> latents (deterministic: the posterior mean)."""
+        ...
+
+    def encode_prompts(self, prompts: list[str]) -> object:
+        """Text conditioning for a batch of prompts (an opaque object ``training_loss`` takes).
+
+        Runs with gradients enabled, so that adapters injected in the text encoders learn.
+        """
+        ...
+
+    def training_loss(
+        self, latents: torch.Tensor, conditioning: object, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The per-sample loss ``[B]`` of denoising ``latents`` noised with ``noise`` at ``timesteps``."""
+        ...
+
+
+@runtime_checkable
+class TrainableAdapter(LoadedAdapter, Protocol):
+    """A fresh adapter made for training by a family's ``create`` (see
+    :attr:`refiners_core.AdapterFamily.create`): injected, with trainable parameters, and savable in the
+    family's file formats so that its loader (and other tools) read it back.
+    """
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The parameters training updates."""
+        ...
+
+    def save(self, path: str | Path, *, format: str | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+        """Write the adapter to ``path`` in ``format`` (the family's default when ``None``), with ``metadata``
+        added to the file's header."""
         ...

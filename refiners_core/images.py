@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -11,7 +12,7 @@ from refiners_core.errors import RefinersError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["image_to_tensor"]
+__all__ = ["image_to_tensor", "write_demo_condition_image", "write_demo_reference_image"]
 
 
 def image_to_tensor(
@@ -53,3 +54,34 @@ def image_to_tensor(
 
 def _bands(mode: str) -> int:
     return {"RGB": 3, "L": 1, "RGBA": 4}.get(mode, 3)
+
+
+def write_demo_condition_image(path: str | Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """Write a demo condition image (a white square outline on black, like an edge map); families' demo writers
+    use it for adapters that take a condition image."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size, "black")
+    ImageDraw.Draw(image).rectangle(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), outline="white", width=max(1, width // 32)
+    )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target)
+    return target
+
+
+def write_demo_reference_image(path: str | Path, size: tuple[int, int] = (48, 40)) -> Path:
+    """Write a demo reference image (a red disc on a blue-green gradient; not square, so that resizing and
+    cropping are exercised); families' demo writers use it for adapters that take a reference image."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size)
+    image.putdata([(0, 255 * x // width, 255 * y // height) for y in range(height) for x in range(width)])
+    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(220, 30, 30))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target)
+    return target

@@ -13,4 +13,5 @@ bash scripts/install.sh --test
 .venv/bin/mypy refiners_plugins/controlnet/refiners_controlnet
 .venv/bin/mypy refiners_plugins/t2i/refiners_t2i
 .venv/bin/mypy refiners_plugins/ip_adapter/refiners_ip_adapter
+.venv/bin/mypy refiners_plugins/train/refiners_train
 .venv/bin/python -m pytest "$@"

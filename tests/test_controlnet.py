@@ -400,3 +400,19 @@ def test_registry_loads_a_catalog_controlnet(
     assert isinstance(controlnet, ControlNet) and controlnet.is_injected
     assert max_diff(run_refiners(unet, case.inputs), case.expected(*case.residuals(0, scale=0.5))) < TOLERANCE
     controlnet.eject()
+
+
+def test_pil_condition_equals_the_equivalent_tensor(case: Case) -> None:
+    from PIL import Image
+
+    unet = case.unet()
+    controlnet = ControlNet.from_diffusers(unet, case.folders[0]).inject()
+    pixels = (case.conditions[0][0] * 255).round().to(torch.uint8)  # one image, exactly representable in 8 bits
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
+    controlnet.set_image(image)
+    from_pil = run_refiners(unet, case.inputs)
+    controlnet.set_condition(pixels[None].float() / 255)  # [1, 3, H, W] in [0, 1]
+    from_tensor = run_refiners(unet, case.inputs)
+    assert torch.equal(from_pil, from_tensor)
+    controlnet.remove()
+    assert not any(isinstance(layer, ControlNet) for layer in unet.layers(ControlNet, recurse=True))

@@ -2,7 +2,8 @@
 the test Hub, resolved through the catalog and sha256-checked; every adapter family at once from local files;
 and its one-line errors. The same stack through the library: it changes the image, and ejects exactly.
 
-The tiny assets come from the product itself (``refiners_sd.demo``), then are served as Hub repositories.
+The tiny assets come from the product itself (``refiners demo-assets``: the base-model and family demo hooks),
+then are served as Hub repositories.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import torch
 from hub_fixtures import hub_env, hub_server, write_catalog  # noqa: F401
 from hub_server import HubServer
 from PIL import Image
-from refiners_sd.demo import build_demo_assets
 from registry_fixtures import run_cli
+
+import refiners_core as rc
 
 BASE = "test/tiny-sd15"
 LORA = "test/tiny-lora"
 CONTROLNET = "test/tiny-controlnet"
 SDXL_LORA = "test/tiny-sdxl-lora"
+UNET_FILE = "test/tiny-sd15-unet-file"
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -58,8 +61,45 @@ class Served:
     root: Path
 
 
+@dataclass
+class DemoAssets:
+    """The ``NAME=PATH`` lines of ``refiners demo-assets``, as attributes."""
+
+    base: Path
+    lora: Path
+    controlnet: Path
+    condition_image: Path
+    t2i: Path
+    ip_adapter: Path
+    image_encoder: Path
+    reference_image: Path
+
+
+def build_demo_assets(folder: Path) -> DemoAssets:
+    """Every installed family's demo weights for the first base model with a demo (refiners-sd's tiny SD1.5)."""
+    from refiners_core.cli.demo_run import write_demo_assets
+
+    lines: dict[str, Path] = {}
+
+    def emit(line: str) -> None:
+        name, _, path = line.partition("=")
+        lines[name] = Path(path)
+
+    assert write_demo_assets(folder, emit=emit) == []
+    return DemoAssets(
+        base=lines["base"],
+        lora=lines["lora"],
+        controlnet=lines["controlnet"],
+        condition_image=lines["controlnet.image"],
+        t2i=lines["t2i"],
+        ip_adapter=lines["ip-adapter"],
+        image_encoder=lines["ip-adapter.image_encoder"],
+        reference_image=lines["ip-adapter.image"],
+    )
+
+
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def assets(tmp_path_factory: pytest.TempPathFactory) -> DemoAssets:
     return build_demo_assets(tmp_path_factory.mktemp("demo"))
 
 
@@ -67,6 +107,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def served(assets: Any, hub_server: HubServer, hub_env: dict[str, str], tmp_path: Path) -> Served:  # noqa: F811
     assert assets.lora is not None and assets.controlnet is not None
     base_files = folder_files(assets.base)
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
     lora_files = {"pytorch_lora_weights.safetensors": assets.lora.read_bytes()}
     controlnet_files = folder_files(assets.controlnet)
     base_rev = hub_server.add_repo("test-org/tiny-sd15", base_files)
@@ -79,6 +120,7 @@ def served(assets: Any, hub_server: HubServer, hub_env: dict[str, str], tmp_path
             entry(LORA, "lora", "sd15", "test-org/tiny-lora", lora_rev, lora_files),
             entry(CONTROLNET, "controlnet", "sd15", "test-org/tiny-controlnet", controlnet_rev, controlnet_files),
             entry(SDXL_LORA, "lora", "sdxl", "test-org/tiny-lora", lora_rev, lora_files),
+            entry(UNET_FILE, "base-model", "sd15", "test-org/tiny-sd15", base_rev, {unet_file: base_files[unet_file]}),
         ],
     )
     env = {**hub_env, "REFINERS_CATALOG": str(catalog)}
@@ -149,41 +191,63 @@ def test_unreadable_image_names_the_file(served: Served) -> None:
 @pytest.mark.parametrize(
     ("text", "name", "image", "scale"),
     [
-        ("sd15/controlnet-canny:edges.png", "sd15/controlnet-canny", "edges.png", 1.0),
+        ("sd15/controlnet-canny:edges.png", "sd15/controlnet-canny", "edges.png", None),
         ("sd15/controlnet-canny:/data/edges v2.png:0.5", "sd15/controlnet-canny", "/data/edges v2.png", 0.5),
-        ("./cn:photo:v2.png", "./cn", "photo:v2.png", 1.0),
+        ("./cn:photo:v2.png", "./cn", "photo:v2.png", None),
         ("cn:img.png:1e-1", "cn", "img.png", 0.1),
+        ("sdxl/lora-lcm:0.8", "sdxl/lora-lcm", None, 0.8),
+        ("sdxl/lora-lcm", "sdxl/lora-lcm", None, None),
     ],
 )
-def test_parse_conditioned(text: str, name: str, image: str, scale: float) -> None:
-    from refiners_sd.cli.specs import parse_conditioned
+def test_split_spec(text: str, name: str, image: str | None, scale: float | None) -> None:
+    from refiners_core.cli.adapter_specs import split_spec
 
-    spec = parse_conditioned("controlnet", text)
-    assert (spec.name, str(spec.image), spec.scale) == (name, image, scale)
-
-
-def test_parse_scaled_and_errors() -> None:
-    from refiners_sd.cli.specs import SpecError, parse_conditioned, parse_scaled
-
-    assert parse_scaled("lora", "sdxl/lora-lcm:0.8").scale == 0.8
-    assert parse_scaled("lora", "/loras/a:b.safetensors").name == "/loras/a:b.safetensors"
-    assert parse_scaled("lora", "sdxl/lora-lcm").scale == 1.0
-    for bad in ("name-only", "name:", ":image.png"):
-        with pytest.raises(SpecError, match="NAME:IMAGE"):
-            parse_conditioned("t2i", bad)
+    parsed_name, parsed_image, parsed_scale = split_spec(text)
+    assert (parsed_name, None if parsed_image is None else str(parsed_image), parsed_scale) == (name, image, scale)
 
 
-def test_known_base_without_a_bundle_says_why(hub_env: dict[str, str]) -> None:  # noqa: F811
-    from refiners_registry import Registry
-    from refiners_sd.cli.runner import GenerateError, resolve_base
+def test_parse_arguments_any_family_any_order(tmp_path: Path) -> None:
+    from refiners_core.cli.adapter_specs import SpecError, UnknownFamilyOptionError, parse_arguments
+    from refiners_core.plugins import adapter_families
 
-    registry = Registry(user=False)
-    # the catalog's sdxl is a single-file checkpoint: refiners_sd.load_pipeline reads it; until --base takes
-    # files (the base-model contract), the folder-only resolver says so
-    with pytest.raises(GenerateError, match="sdxl is a single base-model component"):
-        resolve_base("sdxl", print, registry)
-    with pytest.raises(GenerateError, match="single base-model component"):
-        resolve_base("sd15/unet", print, registry)
+    families = adapter_families()
+    colon = tmp_path / "a:b.safetensors"
+    colon.write_bytes(b"")
+    tokens = ["--lora", f"{colon}:0.5", "a red cube", "--t2i-adapter=t:c.png", "--image-encoder", "enc"]
+    parsed = parse_arguments(tokens, ["controlnet:cn:e.png:0.3"], ["extra=x"], families)
+    assert parsed.prompt == "a red cube"
+    assert [(spec.family, spec.name, spec.scale) for spec in parsed.adapters] == [
+        ("lora", str(colon), 0.5),
+        ("t2i", "t", 1.0),
+        ("controlnet", "cn", 0.3),
+    ]
+    assert parsed.inputs == {"image_encoder": "enc", "extra": "x"}
+    with pytest.raises(UnknownFamilyOptionError, match="'nofamily'"):
+        parse_arguments(["x", "--nofamily", "y"], [], [], families)
+    with pytest.raises(UnknownFamilyOptionError, match="'nofamily'"):
+        parse_arguments(["x"], ["nofamily:y"], [], families)
+    with pytest.raises(SpecError, match="a prompt is needed"):
+        parse_arguments(["--lora", "y"], [], [], families)
+    with pytest.raises(SpecError, match="FAMILY:NAME_OR_PATH"):
+        parse_arguments(["x"], ["lora"], [], families)
+
+
+def test_catalog_names_resolve_through_the_registry_hook(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from refiners_core.plugins.resolution import resolve_name
+
+    monkeypatch.setenv("REFINERS_CATALOG", served.env["REFINERS_CATALOG"])
+    bundle = resolve_name(BASE)  # a base-model bundle: the pipeline folder
+    assert (bundle.family, bundle.base_model) == ("base-model", "sd15") and (bundle.path / "model_index.json").is_file()
+    single = resolve_name(UNET_FILE)  # a single-file base-model entry: the file
+    assert (single.family, single.base_model) == ("base-model", "sd15") and single.path.name.endswith(".safetensors")
+    lora = resolve_name(LORA)
+    assert (lora.family, lora.base_model) == ("lora", "sd15") and lora.path.is_file()
+
+
+def test_catalog_base_model_names_resolve_and_adapters_are_refused_as_base(served: Served) -> None:
+    result = generate(served, "-o", str(served.root / "x.png"), "--base", LORA)
+    assert result.returncode == 1
+    assert "not a base model" in only_error_line(result.stderr)
 
 
 def every_family(assets: Any) -> list[str]:
@@ -238,13 +302,15 @@ def test_ip_adapter_without_image_encoder_is_one_clear_line(
     encoder_alone = ("--image-encoder", str(assets.image_encoder))
     result = run_cli(env, "generate", "x", "--base", str(assets.base), *encoder_alone, "-o", str(output))
     assert result.returncode == 1
-    assert "only an --ip-adapter uses it" in only_error_line(result.stderr)
+    assert "no adapter given uses it" in only_error_line(result.stderr)
 
 
 def test_every_family_changes_the_image_and_ejects_to_the_bare_unet(assets: Any) -> None:
-    from refiners_sd.cli.runner import apply_adapters, remove_adapters
-    from refiners_sd.cli.specs import parse_conditioned, parse_scaled
     from refiners_sd.pipeline import StableDiffusion1, load_pipeline
+
+    from refiners_core.cli.adapter_specs import parse_arguments
+    from refiners_core.cli.generate_run import apply_adapters
+    from refiners_core.plugins import adapter_families
 
     model = load_pipeline(assets.base, device="cpu", dtype=torch.float32)
     assert isinstance(model, StableDiffusion1)
@@ -262,47 +328,40 @@ def test_every_family_changes_the_image_and_ejects_to_the_bare_unet(assets: Any)
     bare_image = model.generate("a red cube", **options)
     bare_output = unet_output()
 
-    texts = every_family(assets)
-    options_by_family = dict(zip(texts[0:8:2], texts[1:8:2], strict=True))
-    specs = [parse_scaled("lora", options_by_family["--lora"])]
-    specs += [parse_conditioned(option.removeprefix("--"), options_by_family[option])
-              for option in ("--controlnet", "--t2i", "--ip-adapter")]  # fmt: skip
-    adapters = apply_adapters(model, "sd15", specs, (width, height), guidance, print, str(assets.image_encoder))
+    parsed = parse_arguments(["a red cube", *every_family(assets)], [], [], adapter_families())
+    adapters = apply_adapters(model, parsed.adapters, parsed.inputs, (width, height), print)
     stacked_image = model.generate("a red cube", **options)
     assert stacked_image.size == bare_image.size == (width, height)
     assert stacked_image.tobytes() != bare_image.tobytes()
     stacked_output = unet_output()
     assert not torch.equal(stacked_output, bare_output)
 
-    # each adapter is live: muting it alone changes the UNet's output
-    lora, controlnet, t2i, ip_adapter = adapters
-    mutes = {
-        "lora": (lambda: lora.set_scale(lora.names[0], 0.0), lambda: lora.set_scale(lora.names[0], 0.8)),
-        "controlnet": (lambda: setattr(controlnet, "scale", 0.0), lambda: setattr(controlnet, "scale", 0.9)),
-        "t2i": (lambda: setattr(t2i, "scale", 0.0), lambda: setattr(t2i, "scale", 0.7)),
-        "ip-adapter": (lambda: ip_adapter.set_scale(0.0), lambda: ip_adapter.set_scale(0.6)),
-    }
-    for family, (mute, restore) in mutes.items():
-        mute()
-        assert not torch.equal(unet_output(), stacked_output), f"{family} has no effect"
-        restore()
+    # each adapter is live: muting it alone (the contract's settable scale) changes the UNet's output
+    for spec, adapter in zip(parsed.adapters, adapters, strict=True):
+        assert isinstance(adapter, rc.LoadedAdapter)
+        adapter.scale = 0.0
+        assert not torch.equal(unet_output(), stacked_output), f"{spec.family} has no effect"
+        adapter.scale = spec.scale
     assert torch.equal(unet_output(), stacked_output)
 
-    remove_adapters(adapters)
+    for adapter in reversed(adapters):
+        adapter.remove()
     assert torch.equal(unet_output(), bare_output)
+    assert model.generate("a red cube", **options).tobytes() == bare_image.tobytes()
 
 
-def test_demo_assets_skip_the_adapters_of_missing_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_assets_report_a_failing_family_and_write_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
-    for plugin in ("refiners_t2i", "refiners_ip_adapter"):
-        monkeypatch.setitem(sys.modules, plugin, None)  # imports of it raise ImportError, as when not installed
-    assets = build_demo_assets(tmp_path)
-    assert assets.lora is not None and assets.controlnet is not None
-    assert (assets.t2i, assets.ip_adapter, assets.image_encoder, assets.reference_image) == (None,) * 4
-    assert sorted(item.name for item in tmp_path.iterdir()) == [
-        "base",
-        "condition.png",
-        "controlnet",
-        "lora.safetensors",
-    ]
+    from refiners_core.cli.demo_run import write_demo_assets
+
+    monkeypatch.setitem(sys.modules, "refiners_t2i.demo", None)  # its import raises ImportError: a plugin bug
+    lines: list[str] = []
+    warnings: list[str] = []
+    failures = write_demo_assets(tmp_path, emit=lines.append, warn=warnings.append)
+    assert failures == ["t2i"]
+    assert len(warnings) == 1 and "the t2i family's demo failed" in warnings[0]
+    assert {line.partition("=")[0] for line in lines} >= {"base", "lora", "controlnet", "ip-adapter"}
+    assert not any(line.startswith("t2i") for line in lines)

@@ -364,3 +364,34 @@ def test_registry_load_adapter_uses_the_ip_adapter_family(tiny: TinyUNets, tmp_p
     from_folder.eject()
     with pytest.raises(AdapterError, match="unknown ip-adapter options: bogus"):
         registry.load_adapter(unet, file, family="ip-adapter", bogus=1)
+
+
+def test_set_image_serves_batches_with_and_without_guidance(tiny: TinyUNets) -> None:
+    """``set_image`` needs no guidance flag: a UNet batch of 2B (guidance) reads [negative, positive] tokens, a
+    batch of B the positive half, as the explicit embeddings give."""
+    model, path, inputs = tiny("sd15")  # BATCH = 2: the guided batch of one image
+    encoder = CLIPImageEncoder(
+        CLIPImageConfig(
+            hidden_size=IMAGE_DIM,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=IMAGE_DIM,
+        )
+    ).eval()
+    image = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(9))
+    unet = refiners_sd.load_unet(path)
+    adapter = IPAdapter.from_file(unet, make_h94(model, "plus", IMAGE_DIM), image_encoder=encoder).inject()
+    assert isinstance(adapter, rc.ImageAdapter)
+    single = {key: value[1:] for key, value in inputs.items()}  # the positive half alone: no guidance
+    adapter.set_image(image)
+    guided, unguided = run_refiners(unet, inputs), run_refiners(unet, single)
+    adapter.set_image_embedding(adapter.compute_image_embedding(image, classifier_free_guidance=True))
+    assert torch.equal(run_refiners(unet, inputs), guided)
+    adapter.set_image_embedding(adapter.compute_image_embedding(image))
+    # the projection of one image alone vs in a batch of two: equal up to float reordering
+    assert max_diff(run_refiners(unet, single), unguided) < TOLERANCE
+    adapter.remove()
+    assert not adapter.is_injected

@@ -375,9 +375,14 @@ def test_loader_shares_one_manager_per_model(tmp_path: Path) -> None:
     model = toy_model()
     path = tmp_path / "style.safetensors"
     save_file(toy_lora(1), path)
-    manager = load_lora(model, path, scale=0.5)
+    first = load_lora(model, path, scale=0.5)
     again = load_lora(model, path)
-    assert manager is again and manager.names == ["style", "style_2"]
+    assert first.manager is again.manager and first.manager.names == ["style", "style_2"]
+    assert isinstance(first, rc.LoadedAdapter) and first.scale == 0.5
+    first.scale = 0.25
+    assert first.manager.scales == {"style": 0.25, "style_2": 1.0}
+    first.remove()
+    assert again.manager.names == ["style_2"]
 
 
 # ---- parity with diffusers + peft on tiny SD1.5 / SDXL UNets ----------------------------------------
@@ -612,9 +617,9 @@ def test_parity_errors_leave_the_unet_unchanged(parity: ParityCase) -> None:
 def test_registry_load_adapter_uses_the_lora_family(parity: ParityCase) -> None:
     import refiners_registry as registry
 
-    manager = registry.load_adapter(parity.unet, parity.kohya, family="lora", scale=1.0)
+    handle = registry.load_adapter(parity.unet, parity.kohya, family="lora", scale=1.0)
     try:
-        assert isinstance(manager, LoraManager) and manager.names == ["kohya"]
+        assert isinstance(handle.manager, LoraManager) and handle.manager.names == ["kohya"]
         torch.testing.assert_close(parity.ours(), parity.expected, atol=ATOL, rtol=0)
     finally:
-        manager.remove_all()
+        handle.remove()

@@ -146,7 +146,56 @@ def test_generated_plugin_own_tests_pass(scaffolded: tuple[Path, Path]) -> None:
         text=True,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "4 passed" in completed.stdout
+    assert "5 passed" in completed.stdout
+
+
+def test_generated_plugin_is_a_working_family_end_to_end(scaffolded: tuple[Path, Path], tmp_path: Path) -> None:
+    """``refiners demo-assets`` writes the new family's example weights; ``refiners generate --adapter`` uses them."""
+    import os
+
+    import torch
+
+    from refiners_core.plugins.resolution import load_base_model
+
+    _, site = scaffolded
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    env.pop("REFINERS_LOAD_PLUGINS", None)
+    demo = tmp_path / "demo"
+    command = [sys.executable, "-m", "refiners_core.cli"]
+    written = subprocess.run([*command, "demo-assets", str(demo)], env=env, capture_output=True, text=True)
+    assert written.returncode == 0, written.stderr
+    lines = dict(line.partition("=")[::2] for line in written.stdout.splitlines())
+    assert lines["scale"] == str(demo / "scale.safetensors") and Path(lines["scale"]).is_file()
+    output = tmp_path / "scaled.png"
+    options = ["--steps", "1", "--seed", "2", "--device", "cpu"]
+    adapter = f"scale:{lines['scale']}:0.8"
+    generated = subprocess.run(
+        [
+            *command,
+            "generate",
+            "a red cube",
+            "--base",
+            lines["base"],
+            "--adapter",
+            adapter,
+            *options,
+            "-o",
+            str(output),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.splitlines()[-1] == str(output)
+    assert "loading scale " in generated.stderr
+    bare = load_base_model(lines["base"], device="cpu", dtype=torch.float32)
+    bare_image = bare.generate("a red cube", steps=1, seed=2)
+    from PIL import Image
+
+    with Image.open(output) as image:
+        assert image.size == bare_image.size
+        assert image.convert("RGB").tobytes() != bare_image.tobytes()
 
 
 # -- skipping bad plugins -------------------------------------------------------------------------------

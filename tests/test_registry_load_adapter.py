@@ -40,7 +40,7 @@ def test_load_adapter_from_catalog_name(hub_catalog: HubCatalog) -> None:
 def test_load_adapter_from_local_file_with_alias(hub_catalog: HubCatalog) -> None:
     path = Registry(endpoint=hub_catalog.hub.url).pull("test/lora-tiny")
     model = _model()
-    with pytest.raises(rc.RegistryError, match="family"):
+    with pytest.raises(rc.RefinersError, match="name the family"):  # the test family has no detect hook
         load_adapter(model, str(path))
     adapter = load_adapter(model, path, family="testlora-alias")
     assert adapter.is_injected

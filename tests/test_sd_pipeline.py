@@ -201,7 +201,9 @@ def test_sdxl_generate_matches_diffusers(sdxl_folder: Path, solver: str, negativ
     expected = diffusers_latents(reference, solver, prompt="a cube", negative_prompt=negative, seed=3, **options)
     model = load_pipeline(sdxl_folder, solver=solver)
     assert isinstance(model, StableDiffusionXL) and model.force_zeros_for_empty_prompt
-    actual = model.generate_latents("a cube", negative, steps=3, guidance=6.0, seed=3, height=SIZE, width=SIZE)
+    actual = model.generate_latents(
+        "a cube", negative_prompt=negative, steps=3, guidance=6.0, seed=3, height=SIZE, width=SIZE
+    )
     compare(expected, actual)
 
 

@@ -352,7 +352,17 @@ def test_base_model_families_registered(monkeypatch: pytest.MonkeyPatch, tmp_pat
     finally:
         reset_plugin_manager()
     assert {"sd15", "sdxl"} <= families.keys()
-    loader = families["sdxl"].load_loader()
-    assert loader is refiners_sd.load_unet
-    _, path, _ = make_tiny_unet(tmp_path, TINY_SDXL)
-    assert isinstance(loader(path, device=None, dtype=None), SDXLUNet)
+    from refiners_sd.base_model import load_base
+
+    from refiners_core.plugins.descriptors import import_object
+
+    sd15 = families["sd15"]
+    assert sd15.load_loader() is load_base and families["sdxl"].load_loader() is load_base
+    assert sd15.demo is not None and sd15.detect is not None and families["sdxl"].detect is not None
+    folder = import_object(sd15.demo)(tmp_path, seed=0)  # the tiny SD1.5 pipeline folder
+    assert import_object(sd15.detect)(folder) and not import_object(families["sdxl"].detect)(folder)
+    pipeline = sd15.load_loader()(folder, device=None, dtype="float32", solver="euler")
+    assert pipeline.architecture == "sd15" and pipeline.solver_name == "euler"
+    assert set(pipeline.components()) == {"unet", "text_encoder", "vae"}
+    assert pipeline.conventions("unet") == ("refiners", "diffusers", "ldm")
+    assert pipeline.module_names("unet", "diffusers") == refiners_sd.diffusers_module_map(pipeline.unet)

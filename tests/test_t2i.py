@@ -14,7 +14,7 @@ import pytest
 import refiners_sd
 import torch
 from refiners_t2i import T2IAdapter, T2IFeatureAdapter, load_t2i_adapter  # noqa: E402
-from refiners_t2i.injection import InjectionPoint  # noqa: E402
+from refiners_t2i.injection import InjectionPoint, injected_names  # noqa: E402
 from safetensors.torch import save_file
 from sd_fixtures import TINY_SD15, TINY_SD15_3BLOCKS, TINY_SDXL, TINY_SDXL_3BLOCKS, make_tiny_unet, run_diffusers
 from sd_fixtures import run_refiners as _run_refiners
@@ -555,3 +555,19 @@ def test_report_max_diffs() -> None:
     """Prints the parity numbers gathered above (run with -s)."""
     for name, diff in MAX_DIFFS.items():
         print(f"t2i parity {name}: max abs diff {diff:.3g}")
+
+
+def test_pil_condition_equals_the_equivalent_tensor(cases: Callable[[str], Case]) -> None:
+    from PIL import Image
+
+    case = cases("sd15-full-gray")  # one-channel condition: an RGB PIL image is converted to grayscale
+    unet = refiners_sd.load_unet(case.unet_path)
+    adapter = T2IAdapter.from_diffusers(unet, case.adapter_path, name="gray").inject()
+    gray = (case.image[0, 0] * 255).round().to(torch.uint8)
+    adapter.set_image(Image.fromarray(gray.numpy(), mode="L").convert("RGB"))
+    from_pil = run_refiners(unet, case.inputs)
+    adapter.set_condition(gray[None, None].float() / 255)
+    from_tensor = run_refiners(unet, case.inputs)
+    assert torch.equal(from_pil, from_tensor)
+    adapter.remove()
+    assert injected_names(unet) == []

@@ -25,7 +25,7 @@ def _print_version(value: bool) -> None:
 
 def build_app() -> typer.Typer:
     """Return the typer app with the core commands only (no plugin commands)."""
-    from refiners_core.cli import check, plugins_cmd, scaffold
+    from refiners_core.cli import check, generate_cmd, plugins_cmd, scaffold
 
     app = typer.Typer(name="refiners", help=APP_HELP, no_args_is_help=True, add_completion=False)
 
@@ -48,6 +48,7 @@ def build_app() -> typer.Typer:
     plugin_app.command("new")(scaffold.new)
     plugin_app.command("check")(check.check)
     app.add_typer(plugin_app, name="plugin")
+    generate_cmd.register(app)
     return app
 
 
@@ -106,10 +107,12 @@ def run_app(app: typer.Typer, args: Sequence[str]) -> int:
     (default 1); an interruption exits 130; any other exception exits 1 without a traceback
     (``REFINERS_DEBUG=1`` shows it). Every command gets this, including those plugins add.
     """
+    from refiners_core.cli.fast_path import fast_invoker
     from refiners_core.errors import RefinersError
 
     try:
-        result = app(args=list(args), prog_name="refiners", standalone_mode=False)
+        fast = fast_invoker(app, args)  # the listing commands skip typer's parser (see fast_path)
+        result = fast() if fast is not None else app(args=list(args), prog_name="refiners", standalone_mode=False)
     except KeyboardInterrupt:
         _error_line("Error: interrupted")
         return 130

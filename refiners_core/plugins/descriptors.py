@@ -64,6 +64,12 @@ class AdapterFamily:
         detect: ``"module:function"`` called as ``detect(path) -> bool``: whether a local file or folder is
             an adapter of this family (cheap: headers and names only). Lets ``load_adapter`` work without
             ``family=`` when exactly one family recognises the file.
+        create: ``"module:function"`` making a fresh adapter to train, called as
+            ``create(pipeline, *, rank, alpha, components=("unet",), **options)`` with a
+            :class:`refiners_core.contracts.TrainablePipeline`; it injects the adapter and returns an object
+            following :class:`refiners_core.contracts.TrainableAdapter` (``parameters()``, ``scale``,
+            ``remove()``, ``save(path, format=..., metadata=...)``). ``None``: the family cannot be trained
+            from ``refiners train``.
     """
 
     name: str
@@ -76,10 +82,21 @@ class AdapterFamily:
     inputs: tuple[str, ...] = ()
     demo: str | None = None
     detect: str | None = None
+    create: str | None = None
 
     def load_loader(self) -> Callable[..., Any]:
         """Import and return the loader function (imports torch and the family's modules)."""
         return import_object(self.loader)
+
+    def load_create(self) -> Callable[..., Any]:
+        """Import and return the ``create`` function.
+
+        Raises:
+            PluginError: the family has none (it cannot be trained).
+        """
+        if self.create is None:
+            raise PluginError(f"the adapter family {self.name!r} cannot create adapters to train")
+        return import_object(self.create)
 
     def supports(self, architecture: str) -> bool:
         """Whether adapters of this family can patch a base model of ``architecture``."""

@@ -1,4 +1,4 @@
-"""The ``controlnet`` family loader called by ``refiners_registry.load_adapter`` and catalog entries."""
+"""The ``controlnet`` family loader called by ``refiners_core.load_adapter`` (catalog names, local files)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from refiners_controlnet.model import ControlNet
-from refiners_core import AdapterError, Chain
+from refiners_core import AdapterError, Chain, component_of
+from refiners_core.contracts import ImageInput
 
 
 def _default_name(weights: str | Path | Mapping[str, torch.Tensor], model: Any) -> str:
@@ -35,11 +36,12 @@ def load_controlnet(
     *,
     name: str | None = None,
     scale: float = 1.0,
-    condition: torch.Tensor | None = None,
+    condition: ImageInput | None = None,
     guess_mode: bool = False,
     **options: Any,
 ) -> ControlNet:
-    """Load the ControlNet ``weights`` for the UNet ``model``, inject it and return it.
+    """Load the ControlNet ``weights`` for ``model`` (a pipeline, whose ``unet`` is used, or a UNet), inject it
+    and return it (a :class:`refiners_core.ImageAdapter`: ``scale``, ``set_image``, ``remove``).
 
     ``name`` defaults to the file (or folder) name, made unique among the ControlNets already in the
     UNet; ``condition`` is passed to :meth:`ControlNet.set_condition`. Other ``options`` (``config``,
@@ -48,6 +50,7 @@ def load_controlnet(
     """
     from refiners_sd import UNet
 
+    model = component_of(model, "unet")
     if not isinstance(model, UNet):
         raise AdapterError(f"the controlnet family patches a refiners_sd UNet, got {type(model).__name__}")
     controlnet = ControlNet.from_diffusers(

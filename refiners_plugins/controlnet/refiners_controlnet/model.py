@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL.Image import Image as PILImage
 from refiners_sd import UNet, diffusers_module_map
 from refiners_sd.unet.blocks import DownBlocks, InputConv, MiddleBlock, TimestepEncoder
 from refiners_sd.unet.layers import ResetResiduals, ResidualAccumulator
@@ -39,6 +40,8 @@ from refiners_controlnet.config import ControlNetConfig, check_compatible, resid
 from refiners_controlnet.layers import CONTROLNET_CONTEXT, ConditionEncoder, ControlResidual
 from refiners_core import Adapter, AdapterError, Chain, Passthrough
 from refiners_core.context import root_of
+from refiners_core.contracts import ImageInput
+from refiners_core.images import image_to_tensor
 from refiners_core.module import get_parent
 from refiners_core.module_map import load_by_module_map, state_dict_by_module_map
 from refiners_core.weights import save_model_folder
@@ -304,11 +307,20 @@ class ControlNet(Chain, Adapter[ResetResiduals]):
         for residual, factor in zip(residuals, factors, strict=True):
             residual.multiplier.scale = self._scale * factor
 
-    def set_condition(self, condition: torch.Tensor) -> None:
-        """Set the condition image ``[B, C, H, W]`` with values in [0, 1] and ``H, W`` 8 times the latent size.
+    def set_image(self, image: ImageInput) -> None:
+        """Use the condition ``image`` from now on (the adapter-family contract's ``set_image``): see
+        :meth:`set_condition`."""
+        self.set_condition(image)
 
-        It is cast to the latents' device and dtype at each forward. ``B`` is the latent batch size, or 1.
+    def set_condition(self, condition: ImageInput) -> None:
+        """Set the condition image: a PIL image, or ``[B, C, H, W]`` with values in [0, 1]; ``H, W`` 8 times the
+        latent size.
+
+        A PIL image is converted to the model's channels (RGB, or grayscale for one-channel ControlNets) in
+        [0, 1]. It is cast to the latents' device and dtype at each forward. ``B`` is the latent batch size, or 1.
         """
+        if isinstance(condition, PILImage):
+            condition = image_to_tensor(condition, mode="L" if self.config.conditioning_channels == 1 else "RGB")
         if not isinstance(condition, torch.Tensor) or condition.dim() != 4:
             raise ValueError(f"ControlNet {self.name!r}: the condition must be a [B, C, H, W] tensor")
         if condition.shape[1] != self.config.conditioning_channels:
@@ -351,6 +363,14 @@ class ControlNet(Chain, Adapter[ResetResiduals]):
         if self.is_injected:
             self.provider.contexts.get(CONTROLNET_CONTEXT, {}).pop(self.name, None)
         super().eject()
+
+    def remove(self, module: nn.Module | None = None) -> Chain:
+        """Without argument, eject the ControlNet (the adapter-family contract's ``remove()``); with a child
+        ``module``, remove that child as :meth:`Chain.remove` does. Returns ``self``."""
+        if module is not None:
+            return super().remove(module)
+        self.eject()
+        return self
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, scale={self.scale}" + (", guess_mode=True" if self.guess_mode else "")

@@ -7,6 +7,7 @@ Imported every time ``refiners`` starts: metadata only, no torch. The loader liv
 from __future__ import annotations
 
 from refiners_core import AdapterFamily, hookimpl
+from refiners_core.plugins.descriptors import TAKES_CONDITION_IMAGE
 
 FORMATS = ("diffusers", "lllyasviel")
 
@@ -21,5 +22,8 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             loader="refiners_controlnet.loader:load_controlnet",
             formats=FORMATS,
             base_models=("sd15", "sdxl"),
+            takes=TAKES_CONDITION_IMAGE,
+            demo="refiners_controlnet.demo:write_demo_controlnet",
+            detect="refiners_controlnet.detect:is_controlnet",
         )
     ]

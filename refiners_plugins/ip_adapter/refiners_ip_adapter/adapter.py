@@ -107,7 +107,6 @@ class IPAdapter:
         self.image_proj = image_proj
         self.name = name
         self.image_encoder = image_encoder
-        self._scale = float(scale)
         self.layer_names: list[str] = _cross_attention_names(unet)
         self.adapters: list[DecoupledCrossAttention] = []
         for layer_name in self.layer_names:
@@ -132,6 +131,8 @@ class IPAdapter:
                 dtype=dtype,
             )
             self.adapters.append(DecoupledCrossAttention(cross_attention["ScaledDotProductAttention"], image))
+        self.group = rc.AdapterGroup(name, self.adapters, scale=scale, set_member_scale=_set_branch_scale)
+        self._scale = float(scale)
 
     # ---- loading ---------------------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class IPAdapter:
     @property
     def is_injected(self) -> bool:
         """Whether the adapter currently sits in the UNet."""
-        return any(adapter.is_injected for adapter in self.adapters)
+        return self.group.is_injected
 
     def inject(self) -> IPAdapter:
         """Put every :class:`DecoupledCrossAttention` in place, all or nothing; returns ``self``."""
@@ -242,14 +243,18 @@ class IPAdapter:
         }
         if self.name in taken:
             raise AdapterError(f"another IP-Adapter named {self.name!r} is injected: give this one another name")
-        rc.inject_adapters(self.adapters)
+        self.group.inject()
         return self
 
     def eject(self) -> None:
         """Take the adapter out: the UNet gets its exact original layers back (other adapters stay)."""
         if not self.is_injected:
             raise AdapterError(f"IP-Adapter {self.name!r} is not injected")
-        rc.eject_adapters(self.adapters)
+        self.group.remove()
+
+    def remove(self) -> None:
+        """Eject the adapter (the adapter-family contract's ``remove``)."""
+        self.eject()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the image projection and of every image branch."""
@@ -296,11 +301,13 @@ class IPAdapter:
         Raises:
             ValueError: unknown keys, blocks without attention, lists of the wrong length.
         """
+        if isinstance(scale, int | float):
+            self.group.scale = float(scale)
+            self._scale = float(scale)
+            return
         values = _expand_scales(self.layer_names, scale)
         for branch, value in zip(self.image_attentions, values, strict=True):
             branch.scale = value
-        if isinstance(scale, int | float):
-            self._scale = float(scale)
 
     # ---- image inputs ----------------------------------------------------------------------------
 
@@ -334,6 +341,15 @@ class IPAdapter:
         self.unet.set_context(
             IP_ADAPTER_CONTEXT, {self.name: tokens.to(device=self.unet.device, dtype=self.unet.dtype)}
         )
+
+    def set_image(self, image: ImageInput | Sequence[ImageInput]) -> None:
+        """Use the reference ``image`` (PIL, or ``[B, 3, H, W]`` in [0, 1]) from now on: the
+        adapter-family contract's ``set_image``.
+
+        Encodes it with :attr:`image_encoder` together with the negative embedding, so that generation with or
+        without classifier-free guidance picks the half it needs (see :class:`ImageTokens`).
+        """
+        self.set_image_embedding(self.compute_image_embedding(image, classifier_free_guidance=True))
 
     def compute_image_embedding(
         self, images: ImageInput | Sequence[ImageInput], *, classifier_free_guidance: bool = False
@@ -425,3 +441,7 @@ def _expand_scales(layer_names: list[str], scale: BlockScales) -> list[float]:
             value = value[0] if len(value) == 1 else value[index]
         values.append(float(value))
     return values
+
+
+def _set_branch_scale(adapter: Any, value: float) -> None:
+    adapter.image_attention.scale = value

@@ -10,7 +10,7 @@ tokens (read from the ``ip_adapter`` context), so the output projection sees the
       DecoupledCrossAttention                      <- in place of ScaledDotProductAttention
         ScaledDotProductAttention                  text attention (the original layer)
         ImageCrossAttention
-          Parallel(SelectQuery, ImageKey(UseContext, Linear to_k_ip), ImageValue(UseContext, Linear to_v_ip))
+          Parallel(SelectQuery, ImageKey(ImageTokens, Linear to_k_ip), ImageValue(ImageTokens, Linear to_v_ip))
           ScaledDotProductAttention
           Multiply(scale)
       Linear(to_out)
@@ -33,6 +33,7 @@ __all__ = [
     "ImageCrossAttention",
     "ImageKey",
     "ImageTokenProjection",
+    "ImageTokens",
     "ImageValue",
     "SelectQuery",
 ]
@@ -47,6 +48,21 @@ class SelectQuery(Module):
         return query
 
 
+class ImageTokens(UseContext):
+    """``(query, key, value) -> image tokens`` of the ``ip_adapter`` context, matched to the query's batch.
+
+    Tokens made for classifier-free guidance hold ``[negative, positive]`` (batch ``2B``); a UNet batch of ``B``
+    (no guidance) gets their positive half, so the caller never says whether guidance is on.
+    """
+
+    def forward(self, query: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        tokens: torch.Tensor = self.read()
+        batch = query.shape[0]
+        if tokens.shape[0] == 2 * batch:
+            return tokens[batch:]
+        return tokens
+
+
 class ImageTokenProjection(Chain):
     """The image tokens (``ip_adapter`` context ``key``) through a bias-free Linear: base of the two branches."""
 
@@ -59,7 +75,7 @@ class ImageTokenProjection(Chain):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            UseContext(IP_ADAPTER_CONTEXT, key), Linear(token_dim, inner_dim, bias=False, device=device, dtype=dtype)
+            ImageTokens(IP_ADAPTER_CONTEXT, key), Linear(token_dim, inner_dim, bias=False, device=device, dtype=dtype)
         )
 
 

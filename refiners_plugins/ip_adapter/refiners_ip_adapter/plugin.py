@@ -7,6 +7,7 @@ Imported every time ``refiners`` starts: metadata only, no torch. The loader liv
 from __future__ import annotations
 
 from refiners_core import AdapterFamily, hookimpl
+from refiners_core.plugins.descriptors import TAKES_REFERENCE_IMAGE
 
 
 @hookimpl
@@ -20,5 +21,9 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             formats=("h94",),
             base_models=("sd15", "sdxl"),
             aliases=("ip_adapter", "ipadapter"),
+            takes=TAKES_REFERENCE_IMAGE,
+            inputs=("image_encoder",),
+            demo="refiners_ip_adapter.demo:write_demo_ip_adapter",
+            detect="refiners_ip_adapter.detect:is_ip_adapter",
         )
     ]

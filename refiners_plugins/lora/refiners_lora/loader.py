@@ -1,4 +1,4 @@
-"""The ``lora`` family loader called by ``refiners_registry.load_adapter`` and catalog entries."""
+"""The ``lora`` family loader called by ``refiners_core.load_adapter`` (catalog names, local files)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,39 @@ from typing import Any
 import torch
 from torch import nn
 
-from refiners_lora.manager import LoraManager
+from refiners_lora.manager import _MANAGER_ATTRIBUTE, LoraManager
+from refiners_lora.pipeline_targets import PipelineLoraManager, is_pipeline
+
+__all__ = ["LoraHandle", "load_lora"]
+
+
+class LoraHandle:
+    """One LoRA loaded by :func:`load_lora` (follows :class:`refiners_core.LoadedAdapter`).
+
+    Attributes:
+        manager: the model's :class:`LoraManager` (shared by every LoRA on the model: fuse, save...).
+        name: this LoRA's name in the manager.
+    """
+
+    def __init__(self, manager: LoraManager, name: str) -> None:
+        self.manager = manager
+        self.name = name
+
+    @property
+    def scale(self) -> float:
+        """This LoRA's scale."""
+        return self.manager.scales[self.name]
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.manager.set_scale(self.name, value)
+
+    def remove(self) -> None:
+        """Remove this LoRA (the other LoRAs stay); a layer left with none gets its original back."""
+        self.manager.remove(self.name)
+
+    def __repr__(self) -> str:
+        return f"LoraHandle({self.name!r}, scale={self.scale:g})"
 
 
 def _default_name(weights: str | Path | Mapping[str, torch.Tensor], manager: LoraManager) -> str:
@@ -21,8 +53,16 @@ def _default_name(weights: str | Path | Mapping[str, torch.Tensor], manager: Lor
     return name
 
 
+def _pipeline_manager(pipeline: Any) -> LoraManager:
+    unet = pipeline.components()["unet"]
+    existing = unet.__dict__.get(_MANAGER_ATTRIBUTE)
+    if existing is not None and (isinstance(existing, PipelineLoraManager) or existing.names):
+        return existing  # type: ignore[no-any-return]
+    return PipelineLoraManager(pipeline)
+
+
 def load_lora(
-    model: nn.Module,
+    model: nn.Module | Any,
     weights: str | Path | Mapping[str, torch.Tensor],
     *,
     name: str | None = None,
@@ -30,13 +70,19 @@ def load_lora(
     module_map: Any = None,
     components: Mapping[str, Any] | None = None,
     **options: Any,
-) -> LoraManager:
-    """Add the LoRA ``weights`` to ``model`` and return the model's :class:`LoraManager`.
+) -> LoraHandle:
+    """Add the LoRA ``weights`` to ``model`` and return its :class:`LoraHandle` (``scale``, ``remove()``).
 
-    Successive calls on the same model share one manager, so LoRAs stack. ``name`` defaults to the
-    file's stem; other ``options`` (``skip_components``, ``format``, ``allow_pickle``...) go to
-    :meth:`LoraManager.add`.
+    ``model`` is a pipeline (:class:`refiners_core.Pipeline`): every part of the file applies (UNet and text
+    encoders), matched through the pipeline's ``module_names``; or a single model (a UNet), with ``module_map``
+    and ``components`` as :class:`LoraManager` takes them. Successive calls on the same model share one
+    manager, so LoRAs stack. ``name`` defaults to the file's stem; other ``options`` (``skip_components``,
+    ``format``, ``allow_pickle``...) go to :meth:`LoraManager.add`.
     """
-    manager = LoraManager.of(model, module_map=module_map, components=components)
-    manager.add(name or _default_name(weights, manager), weights, scale=scale, **options)
-    return manager
+    if is_pipeline(model):
+        manager = _pipeline_manager(model)
+    else:
+        manager = LoraManager.of(model, module_map=module_map, components=components)
+    chosen = name or _default_name(weights, manager)
+    manager.add(chosen, weights, scale=scale, **options)
+    return LoraHandle(manager, chosen)

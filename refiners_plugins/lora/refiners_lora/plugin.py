@@ -18,7 +18,7 @@ FORMATS = ("kohya", "diffusers", "peft", "diffusers-old", "refiners")
 
 @hookimpl
 def refiners_adapter_families() -> list[AdapterFamily]:
-    """Declare the ``lora`` adapter family and where its loader lives."""
+    """Declare the ``lora`` adapter family (takes nothing at generation time) and where its code lives."""
     return [
         AdapterFamily(
             name="lora",
@@ -29,6 +29,9 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             loader="refiners_lora.loader:load_lora",
             formats=FORMATS,
             base_models=("sd15", "sdxl"),
+            demo="refiners_lora.demo:write_demo_lora",
+            detect="refiners_lora.detect:is_lora",
+            create="refiners_lora.training:create_lora",
         )
     ]
 

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL.Image import Image as PILImage
 from refiners_sd.unet.model import UNet
+from torch import nn
 
 import refiners_core as rc
 from refiners_core import Chain
+from refiners_core.contracts import ImageInput
 from refiners_core.errors import AdapterError, WeightsError
 from refiners_core.module_map import state_dict_by_module_map
 from refiners_core.weights import save_model_folder
@@ -81,11 +84,12 @@ class T2IAdapter(Chain):
         self.name = name
         self.__dict__["_unet"] = unet  # not a submodule: the UNet is not part of the adapter's tree
         self.__dict__["_points"] = points
-        self.__dict__["_injectors"] = [
+        injectors = [
             T2IFeatureAdapter(target_layer(unet, point), name, point.feature, float(scale), point.describe())
             for point in points
         ]
-        self.__dict__["_scale"] = float(scale)
+        self.__dict__["_injectors"] = injectors
+        self.__dict__["_group"] = rc.AdapterGroup(name, injectors, scale=scale, set_member_scale=_set_feature_scale)
         self.__dict__["_features"] = None
 
     # ---- loading -----------------------------------------------------------------------------------
@@ -190,23 +194,26 @@ class T2IAdapter(Chain):
     @property
     def is_injected(self) -> bool:
         """Whether the adapter's layers are in the UNet."""
-        return all(injector.is_injected for injector in self.__dict__["_injectors"])
+        return bool(self.__dict__["_group"].is_injected)
 
     @property
     def scale(self) -> float:
         """Multiplier of every feature; settable at any time (0 gives the bare UNet's output exactly)."""
-        return self.__dict__["_scale"]
+        return float(self.__dict__["_group"].scale)
 
     @scale.setter
     def scale(self, value: float) -> None:
-        self.__dict__["_scale"] = float(value)
-        for layer in self.feature_layers:
-            layer.scale = float(value)
+        self.__dict__["_group"].scale = value
 
     # ---- condition ---------------------------------------------------------------------------------
 
-    def set_condition(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Compute the features of the condition ``image`` (``[B, C, H, W]`` in [0, 1]) and store them for the UNet.
+    def set_image(self, image: ImageInput) -> None:
+        """Use the condition ``image`` (PIL, or ``[B, C, H, W]`` in [0, 1]) from now on: the adapter-family contract's
+        ``set_image``. A PIL image is converted to the adapter's channels (grayscale or RGB)."""
+        self.set_condition(image)
+
+    def set_condition(self, image: ImageInput) -> list[torch.Tensor]:
+        """Compute the features of the condition ``image`` (PIL, or ``[B, C, H, W]`` in [0, 1]) and store them.
 
         ``C`` is ``config.in_channels`` (3 or 1); ``H`` and ``W`` are the latents' size times the VAE factor (8)
         and multiples of ``config.downscale_factor``. The image is moved to the network's device and dtype, the
@@ -215,6 +222,8 @@ class T2IAdapter(Chain):
         Raises:
             ValueError: wrong rank, channels, or size.
         """
+        if isinstance(image, PILImage):
+            image = rc.image_to_tensor(image, mode="L" if self.config.in_channels == 1 else "RGB")
         if not isinstance(image, torch.Tensor) or image.dim() != 4:
             shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"T2I-Adapter {self.name!r}: the condition must be a [B, C, H, W] tensor, got {shape}")
@@ -260,7 +269,7 @@ class T2IAdapter(Chain):
             raise AdapterError(
                 f"another T2I-Adapter named {self.name!r} is injected in this UNet: eject it or pick another name"
             )
-        rc.inject_adapters(self.__dict__["_injectors"])
+        self.__dict__["_group"].inject()
         if self.__dict__["_features"] is not None:
             self.unet.set_context(T2I_CONTEXT, {self.name: self.__dict__["_features"]})
         return self
@@ -270,5 +279,17 @@ class T2IAdapter(Chain):
         later :meth:`inject`, but dropped from the UNet's context."""
         if not self.is_injected:
             raise AdapterError(f"T2I-Adapter {self.name!r} is not injected")
-        rc.eject_adapters(reversed(self.__dict__["_injectors"]))
+        self.__dict__["_group"].remove()
         self._drop_context()
+
+    def remove(self, module: nn.Module | None = None) -> Chain:
+        """Without argument, eject the T2I-Adapter (the adapter-family contract's ``remove()``); with a child
+        ``module``, remove that child as :meth:`Chain.remove` does. Returns ``self``."""
+        if module is not None:
+            return super().remove(module)
+        self.eject()
+        return self
+
+
+def _set_feature_scale(injector: Any, value: float) -> None:
+    injector.feature.scale = value

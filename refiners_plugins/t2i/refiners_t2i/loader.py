@@ -1,4 +1,4 @@
-"""The ``t2i`` family loader called by ``refiners_registry.load_adapter`` and catalog entries."""
+"""The ``t2i`` family loader called by ``refiners_core.load_adapter`` (catalog names, local files)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from refiners_core.contracts import ImageInput, component_of
 from refiners_core.errors import AdapterError
 from refiners_t2i.adapter import T2IAdapter
 from refiners_t2i.injection import injected_names
@@ -34,10 +35,11 @@ def load_t2i_adapter(
     *,
     name: str | None = None,
     scale: float = 1.0,
-    condition: torch.Tensor | None = None,
+    condition: ImageInput | None = None,
     **options: Any,
 ) -> T2IAdapter:
-    """Load the T2I-Adapter ``weights`` for the refiners-sd UNet ``model``, inject it and return it.
+    """Load the T2I-Adapter ``weights`` for ``model`` (a pipeline, whose ``unet`` is used, or a refiners-sd UNet),
+    inject it and return it (a :class:`refiners_core.ImageAdapter`: ``scale``, ``set_image``, ``remove``).
 
     ``name`` defaults to the file's (or folder's) name, made unique among the T2I-Adapters already in the
     UNet. ``condition``, if given, is passed to :meth:`T2IAdapter.set_condition`. Other ``options``
@@ -45,6 +47,7 @@ def load_t2i_adapter(
     """
     from refiners_sd.unet.model import UNet
 
+    model = component_of(model, "unet")
     if not isinstance(model, UNet):
         raise AdapterError(f"the t2i family patches a refiners-sd UNet, got {type(model).__name__}")
     adapter = T2IAdapter.from_diffusers(

@@ -7,6 +7,7 @@ Imported every time ``refiners`` starts: metadata only, no torch. The loader liv
 from __future__ import annotations
 
 from refiners_core import AdapterFamily, hookimpl
+from refiners_core.plugins.descriptors import TAKES_CONDITION_IMAGE
 
 FORMATS = ("diffusers", "tencentarc")
 
@@ -22,5 +23,8 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             formats=FORMATS,
             base_models=("sd15", "sdxl"),
             aliases=("t2i-adapter",),
+            takes=TAKES_CONDITION_IMAGE,
+            demo="refiners_t2i.demo:write_demo_t2i_adapter",
+            detect="refiners_t2i.detect:is_t2i_adapter",
         )
     ]

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from refiners_core.errors import RefinersError
 from refiners_sd.clip import CLIPTextEncoder, CLIPTextEncoderG, CLIPTextEncoderL, CLIPTokenizer, DoubleTextEncoder
 from refiners_sd.pipeline.guidance import classifier_free_guidance, uses_guidance
 from refiners_sd.pipeline.layout import PipelineLayout, read_layout
+from refiners_sd.pipeline.naming import component_conventions, component_module_names
 from refiners_sd.pipeline.solver_config import solver_from_config
+from refiners_sd.pipeline.training import TrainingMixin
 from refiners_sd.solvers import Solver
 from refiners_sd.unet.loading import load_unet
 from refiners_sd.unet.model import UNet
@@ -71,6 +74,9 @@ class LatentDiffusion:
         solver_name: the solver :meth:`make_solver` builds (``ddim``, ``euler``, ``dpm++2m``).
     """
 
+    topology: str
+    """``sd15`` or ``sdxl``, set by each model class."""
+
     def __init__(
         self,
         unet: UNet,
@@ -106,6 +112,37 @@ class LatentDiffusion:
         """Default image side: the UNet's ``sample_size`` times :attr:`vae_scale_factor` (512 / 1024)."""
         sample_size = self.unet.config.raw.get("sample_size") or (128 if self.unet.topology == "sdxl" else 64)
         return int(sample_size) * self.vae_scale_factor
+
+    @property
+    def architecture(self) -> str:
+        """The base-model family name (``sd15`` or ``sdxl``): the base-model contract's architecture."""
+        return self.topology
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this (:attr:`vae_scale_factor`)."""
+        return self.vae_scale_factor
+
+    def components(self) -> dict[str, nn.Module]:
+        """The named components adapters target: ``unet``, ``text_encoder`` (``text_encoder_2``), ``vae``."""
+        return {"unet": self.unet, **self.text_encoders(), "vae": self.autoencoder}
+
+    def text_encoders(self) -> dict[str, nn.Module]:
+        """The text encoders by component name (``text_encoder``, and ``text_encoder_2`` for SDXL)."""
+        raise NotImplementedError
+
+    def conventions(self, component: str) -> tuple[str, ...]:
+        """The naming conventions :meth:`module_names` knows for ``component``."""
+        return component_conventions(component) if component in self.components() else ()
+
+    def module_names(self, component: str, convention: str) -> dict[str, nn.Module]:
+        """``{module name in convention: layer}`` of a component: ``refiners``, ``diffusers`` and ``ldm`` for
+        the UNet, ``refiners`` and ``transformers`` for the text encoders, ``refiners`` for the VAE.
+
+        Raises:
+            RefinersError: unknown component or convention.
+        """
+        return component_module_names(self.components(), component, convention)
 
     def make_solver(self, steps: int, solver: str | None = None) -> Solver:
         """A fresh solver for ``steps`` steps on this model's noise schedule."""
@@ -169,6 +206,7 @@ class LatentDiffusion:
     def generate_latents(
         self,
         prompt: str,
+        *,
         negative_prompt: str | None = None,
         steps: int = 30,
         guidance: float = 7.5,
@@ -196,6 +234,7 @@ class LatentDiffusion:
     def generate(
         self,
         prompt: str,
+        *,
         negative_prompt: str | None = None,
         steps: int = 30,
         guidance: float = 7.5,
@@ -205,7 +244,7 @@ class LatentDiffusion:
         solver: str | None = None,
         callback: StepCallback | None = None,
     ) -> Image.Image:
-        """Generate one image for ``prompt``.
+        """Generate one image for ``prompt`` with every adapter currently injected (the base-model contract).
 
         Args:
             negative_prompt: what to steer away from (``None``: the empty prompt; SDXL: zero embeddings
@@ -215,7 +254,17 @@ class LatentDiffusion:
                 model's native size). solver: overrides :attr:`solver_name` for this call.
             callback: ``callback(steps_done, total)`` after each step (progress bars).
         """
-        latents = self.generate_latents(prompt, negative_prompt, steps, guidance, seed, width, height, solver, callback)
+        latents = self.generate_latents(
+            prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            width=width,
+            height=height,
+            solver=solver,
+            callback=callback,
+        )
         return self.decode(latents)
 
 
@@ -223,8 +272,12 @@ def _tokens(tokenizer: CLIPTokenizer, text: str, device: torch.device) -> torch.
     return tokenizer(text).to(device)
 
 
-class StableDiffusion1(LatentDiffusion):
-    """Stable Diffusion 1.x: CLIP ViT-L text encoder (last hidden state), SD1 UNet, KL VAE."""
+class StableDiffusion1(LatentDiffusion, TrainingMixin):
+    """Stable Diffusion 1.x: CLIP ViT-L text encoder (last hidden state), SD1 UNet, KL VAE.
+
+    Trainable (:class:`refiners_core.TrainablePipeline`) through
+    :class:`~refiners_sd.pipeline.training.TrainingMixin`.
+    """
 
     topology = "sd15"
 
@@ -240,6 +293,10 @@ class StableDiffusion1(LatentDiffusion):
         super().__init__(unet, autoencoder, scheduler_config, solver)
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+
+    def text_encoders(self) -> dict[str, nn.Module]:
+        """``{"text_encoder": CLIP ViT-L}``."""
+        return {"text_encoder": self.text_encoder}
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, negative_prompt: str | None = None, guidance: bool = True) -> Conditioning:
@@ -261,7 +318,7 @@ class StableDiffusion1(LatentDiffusion):
         return cls(**_common_parts(layout, SD1UNet, device, dtype), solver=solver)  # type: ignore[arg-type]
 
 
-class StableDiffusionXL(LatentDiffusion):
+class StableDiffusionXL(LatentDiffusion, TrainingMixin):
     """Stable Diffusion XL: two CLIP text encoders (penultimate states, bigG's pooled projection), SDXL UNet
     with ``text_time`` conditioning, KL VAE.
 
@@ -287,6 +344,10 @@ class StableDiffusionXL(LatentDiffusion):
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+
+    def text_encoders(self) -> dict[str, nn.Module]:
+        """``{"text_encoder": CLIP ViT-L, "text_encoder_2": OpenCLIP ViT-bigG}`` (diffusers' component names)."""
+        return {"text_encoder": self.text_encoder.text_encoder_l, "text_encoder_2": self.text_encoder.text_encoder_g}
 
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.text_encoder.device
