@@ -172,7 +172,7 @@ def test_a_failed_first_load_leaves_no_manager_behind(tmp_path: Path) -> None:
     # the retry with the component given is honoured (not a stale manager without it)
     encoder = rc.Chain(rc.Linear(4, 4))
     names = {"text_model.encoder.layers.0.mlp.fc1": encoder.Linear}
-    manager = load_lora(model, text, name="a", components={"text_encoder": names})
+    manager = load_lora(model, text, name="a", components={"text_encoder": names}).manager
     assert sorted(component for component, _ in manager.layers_of("a")) == ["text_encoder"] + ["unet"] * 4
     manager.remove_all()
     assert "_refiners_lora_manager" not in model.__dict__
