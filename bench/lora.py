@@ -7,7 +7,17 @@ same file, fuses it, unfuses it and unloads it. After one warm-up round, each st
 ``--repeats`` times (fresh load each round, the two libraries interleaved) and the median is
 printed, with the ratio diffusers / refiners-lora.
 
-Run: ``python bench/lora.py [--rank 8] [--repeats 5] [--threads N]``. Informative only.
+``--part`` picks further tables (default: ``basic``, the table above; ``all`` runs every part):
+
+- ``stacked``: UNet forward with 1 and with 8 unfused LoRAs on the same layers, refiners-lora (one
+  concatenated down/up pair per layer) against diffusers ``set_adapters`` with 8 adapters;
+- ``algorithms``: load + fuse of a LoHa, a LoKr and a DoRA file against peft (the same config
+  injected into the diffusers UNet, weights set, ``merge``);
+- ``hotswap``: replacing a loaded LoRA by another file, refiners-lora ``hotswap`` against diffusers
+  ``load_lora_weights(..., hotswap=True)``.
+
+Run: ``python bench/lora.py [--rank 8] [--repeats 5] [--threads N] [--part all] [--size 32]``.
+Informative only.
 """
 
 from __future__ import annotations
@@ -142,14 +152,219 @@ def rounds(
     }
 
 
+def table(title: str, rows: dict[str, tuple[float, float]], theirs_name: str) -> None:
+    """Print ``rows`` (step -> (ours, theirs) seconds) as a markdown table."""
+    print(title)
+    print(f"| step | refiners-lora (s) | {theirs_name} (s) | {theirs_name} / refiners-lora |")
+    print("|---|---:|---:|---:|")
+    for step, (ours, theirs) in rows.items():
+        print(f"| {step} | {ours:.4f} | {theirs:.4f} | {theirs / ours:.1f}x |")
+
+
+def unet_inputs(size: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "sample": torch.randn(1, 4, size, size, generator=generator),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, 77, 768, generator=generator),
+    }
+
+
+@torch.no_grad()
+def forward_ours(unet: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    unet.set_timestep(inputs["timestep"])
+    unet.set_clip_text_embedding(inputs["encoder_hidden_states"])
+    return unet(inputs["sample"])
+
+
+@torch.no_grad()
+def forward_diffusers(unet: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return unet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"]).sample
+
+
+def bench_stacked(ours_unet: Any, theirs_unet: Any, folder: Path, rank: int, repeats: int, size: int) -> None:
+    """1 vs 8 unfused LoRAs on the same layers: forward time of each library."""
+    from refiners_lora import LoraManager
+
+    paths = []
+    for index in range(8):
+        path = folder / f"stack{index}.safetensors"
+        write_kohya_lora(theirs_unet, path, rank)
+        paths.append(path)
+    inputs = unet_inputs(size)
+    manager = LoraManager(ours_unet)
+    host = diffusers_host(theirs_unet)
+    manager.add("s0", paths[0])
+    host.load_lora_weights(str(paths[0]), adapter_name="s0")
+    one = rounds(
+        {
+            "ours": {"fwd": lambda: forward_ours(ours_unet, inputs)},
+            "theirs": {"fwd": lambda: forward_diffusers(theirs_unet, inputs)},
+        },
+        repeats,
+    )
+    for index in range(1, 8):
+        manager.add(f"s{index}", paths[index], scale=0.5)
+        host.load_lora_weights(str(paths[index]), adapter_name=f"s{index}")
+    host.set_adapters([f"s{index}" for index in range(8)], [1.0] + [0.5] * 7)
+    eight = rounds(
+        {
+            "ours": {"fwd": lambda: forward_ours(ours_unet, inputs)},
+            "theirs": {"fwd": lambda: forward_diffusers(theirs_unet, inputs)},
+        },
+        repeats,
+    )
+    manager.remove_all()
+    host.unload_lora_weights()
+    base = rounds(
+        {
+            "ours": {"fwd": lambda: forward_ours(ours_unet, inputs)},
+            "theirs": {"fwd": lambda: forward_diffusers(theirs_unet, inputs)},
+        },
+        repeats,
+    )
+    rows = {
+        "no LoRA": (base["ours"]["fwd"], base["theirs"]["fwd"]),
+        "1 LoRA": (one["ours"]["fwd"], one["theirs"]["fwd"]),
+        "8 LoRAs": (eight["ours"]["fwd"], eight["theirs"]["fwd"]),
+    }
+    table(f"UNet forward, latents {size}x{size}, rank {rank}, unfused", rows, "diffusers")
+    print(
+        f"8 LoRAs / 1 LoRA: refiners-lora {eight['ours']['fwd'] / one['ours']['fwd']:.2f}x, "
+        f"diffusers {eight['theirs']['fwd'] / one['theirs']['fwd']:.2f}x"
+    )
+
+
+def peft_configs(unet: nn.Module, rank: int) -> dict[str, Any]:
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    targets = sorted(
+        name
+        for name, module in unet.named_modules()
+        if name.endswith(TARGET_SUFFIXES) and isinstance(module, nn.Linear | nn.Conv2d)
+    )
+    return {
+        "loha": LoHaConfig(r=rank, alpha=rank, target_modules=targets, init_weights=False),
+        "lokr": LoKrConfig(r=rank, alpha=rank, target_modules=targets, decompose_both=True, init_weights=False),
+        "dora": LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, use_dora=True, init_lora_weights=False),
+    }
+
+
+def algorithm_steps(
+    kind: str, config: Any, path: Path, manager: Any, theirs_unet: nn.Module
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One load + fuse + remove round of ``path`` through refiners-lora and through peft."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors.torch import load_file
+
+    def ours_step() -> None:
+        manager.add(kind, path)
+        manager.fuse()
+        manager.remove(kind)
+
+    def theirs_step() -> None:
+        model = inject_adapter_in_model(config, theirs_unet, adapter_name=kind)
+        set_peft_model_state_dict(model, load_file(path), adapter_name=kind)
+        layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+        for layer in layers:
+            layer.merge(adapter_names=[kind])
+        for layer in layers:
+            layer.unmerge()
+        unwrap_peft(model)
+
+    return ours_step, theirs_step
+
+
+def unwrap_peft(model: nn.Module) -> None:
+    """Put every peft-wrapped layer's base layer back in its place."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+
+
+def bench_algorithms(ours_unet: Any, theirs_unet: Any, folder: Path, rank: int, repeats: int) -> None:
+    """Load + fuse of LoHa / LoKr / DoRA files: refiners-lora against peft."""
+    import json
+
+    from peft import inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from refiners_lora import LoraManager
+
+    rows: dict[str, tuple[float, float]] = {}
+    for kind, config in peft_configs(theirs_unet, rank).items():
+        source = inject_adapter_in_model(config, theirs_unet, adapter_name="source")
+        state = {
+            key: value.contiguous() for key, value in get_peft_model_state_dict(source, adapter_name="source").items()
+        }
+        unwrap_peft(theirs_unet)
+        path = folder / f"{kind}.safetensors"
+        save_file(state, path, metadata={"lora_adapter_metadata": json.dumps(config.to_dict(), default=sorted)})
+        ours_step, theirs_step = algorithm_steps(kind, config, path, LoraManager(ours_unet), theirs_unet)
+        medians = rounds({"ours": {"step": ours_step}, "theirs": {"step": theirs_step}}, repeats)
+        rows[f"{kind}: load + fuse + remove"] = (medians["ours"]["step"], medians["theirs"]["step"])
+    table(f"LoHa / LoKr / DoRA rank {rank} on the attention projections and ResNet convolutions", rows, "peft")
+
+
+def bench_hotswap(ours_unet: Any, theirs_unet: Any, folder: Path, rank: int, repeats: int) -> None:
+    """Replacing a loaded LoRA by another file: refiners-lora ``hotswap`` against diffusers ``hotswap=True``."""
+    from refiners_lora import LoraManager
+
+    first, second = folder / "hot1.safetensors", folder / "hot2.safetensors"
+    write_kohya_lora(theirs_unet, first, rank)
+    write_kohya_lora(theirs_unet, second, rank)
+    manager = LoraManager(ours_unet)
+    manager.add_hotswappable("hot", first, max_rank=rank)
+    host = diffusers_host(theirs_unet)
+    host.enable_lora_hotswap(target_rank=rank)
+    host.load_lora_weights(str(first), adapter_name="hot")
+    files = [first, second]
+    state = {"index": 0}
+
+    def ours_step() -> None:
+        state["index"] ^= 1
+        manager.hotswap("hot", files[state["index"]])
+
+    def theirs_step() -> None:
+        host.load_lora_weights(str(files[state["index"]]), adapter_name="hot", hotswap=True)
+
+    medians = rounds({"ours": {"swap": ours_step}, "theirs": {"swap": theirs_step}}, repeats)
+    manager.remove_all()
+    host.unload_lora_weights()
+    table(
+        f"hot-swap of a rank-{rank} LoRA file",
+        {"hot-swap": (medians["ours"]["swap"], medians["theirs"]["swap"])},
+        "diffusers",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--part", choices=["basic", "stacked", "algorithms", "hotswap", "all"], default="basic")
+    parser.add_argument("--size", type=int, default=32, help="latent side for the forward timings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.part != "basic":
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        ours_unet, theirs_unet = build_refiners_unet(), build_diffusers_unet()
+        with tempfile.TemporaryDirectory() as folder:
+            if args.part in ("stacked", "all"):
+                bench_stacked(ours_unet, theirs_unet, Path(folder), args.rank, args.repeats, args.size)
+            if args.part in ("algorithms", "all"):
+                bench_algorithms(ours_unet, theirs_unet, Path(folder), args.rank, args.repeats)
+            if args.part in ("hotswap", "all"):
+                bench_hotswap(ours_unet, theirs_unet, Path(folder), args.rank, args.repeats)
+        if args.part != "all":
+            return
 
     import diffusers
     from diffusers.utils import logging as diffusers_logging

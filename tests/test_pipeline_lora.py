@@ -190,3 +190,31 @@ def test_text_encoder_lora_parity_from_the_cli(case: Case, tmp_path: Path) -> No
     difference = float(np.abs(actual - expected).max())
     print(f"{case.architecture} CLI --lora vs diffusers load_lora_weights: max |diff| {difference:.2e} (8-bit PNG)")
     assert difference <= 2 / 255 + TOLERANCE
+
+
+def test_lora_for_the_other_architecture_is_refused_through_the_pipeline(case: Case, tmp_path: Path) -> None:
+    """The pipeline's architecture reaches the LoRA manager: a file whose header names the other base model is
+    refused before any key matching, and the pipeline is left without a LoRA."""
+    from refiners_sd import load_pipeline
+    from safetensors.torch import load_file, save_file
+
+    from refiners_core import RefinersError
+
+    other = "sdxl" if case.architecture == "sd15" else "sd15"
+    version = {"sdxl": "sdxl_base_v1-0", "sd15": "sd_v1"}[other]
+    tagged = tmp_path / "other.safetensors"
+    save_file(load_file(str(case.kohya_file)), tagged, metadata={"ss_base_model_version": version})
+    pipeline = load_pipeline(case.folder, device="cpu", dtype=torch.float32)
+    keys = set(pipeline.unet.state_dict())
+    with pytest.raises(RefinersError, match=f"trained for {other}.*{case.architecture}"):
+        load_adapter(pipeline, tagged)
+    assert set(pipeline.unet.state_dict()) == keys
+
+
+def test_non_finite_lora_scale_is_one_error_line(case: Case, tmp_path: Path) -> None:
+    output = tmp_path / "nan.png"
+    args = ["generate", PROMPT, "--base", str(case.folder), "--lora", f"{case.kohya_file}:nan", "-o", str(output)]
+    result = run_cli({**os.environ, "HF_HUB_OFFLINE": "1"}, *args, "--steps", "1", timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "nan" in errors[0].lower() and not output.exists()

@@ -9,6 +9,7 @@ stays a path; an existing local path is never split. Families' extra inputs (``A
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,8 @@ def parse_adapter_option(option: str, family: AdapterFamily, text: str) -> Adapt
     name, image, scale = split_spec(text)
     if not name:
         raise SpecError(f"{option} {text!r}: expected NAME[:IMAGE][:SCALE]")
+    if scale is not None and not math.isfinite(scale):
+        raise SpecError(f"{option} {text!r}: the scale must be a finite number, got {scale}")
     return AdapterSpec(family.name, name, image, 1.0 if scale is None else scale, option)
 
 

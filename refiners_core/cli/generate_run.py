@@ -7,6 +7,9 @@ Imports torch; the command module imports this one only when the command runs.
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,15 @@ from refiners_core.plugins.resolution import find_adapter_family, load_adapter, 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["GenerateError", "GenerateRequest", "apply_adapters", "check_adapters", "load_image", "run"]
+__all__ = [
+    "GenerateError",
+    "GenerateRequest",
+    "apply_adapters",
+    "check_adapters",
+    "check_request",
+    "load_image",
+    "run",
+]
 
 Report = Callable[[str], None]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -158,20 +169,72 @@ def _torch_dtype(name: str | None, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def run(request: GenerateRequest, report: Report, on_step: Callable[[int, int], None] | None = None) -> Path:
-    """Generate the image of ``request`` and write it as a PNG; returns its path."""
-    if request.output.suffix.lower() != ".png":
-        raise GenerateError(f"-o {request.output}: the output is a PNG file, name it *.png")
+def _device(name: str | None) -> str:
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GenerateError(f"--device {name}: not a device name (cpu, cuda, cuda:1, mps...)") from None
+    return name
+
+
+def check_request(request: GenerateRequest) -> None:
+    """Every option that can be checked before anything loads: output path, sizes, numbers, adapters.
+
+    Raises:
+        GenerateError: naming the option at fault.
+    """
+    output = request.output
+    if output.suffix.lower() != ".png":
+        raise GenerateError(f"-o {output}: the output is a PNG file, name it *.png")
+    if output.is_dir():
+        raise GenerateError(f"-o {output}: is a folder")
+    parent = output.parent
+    existing = next((folder for folder in (parent, *parent.parents) if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise GenerateError(f"-o {output}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise GenerateError(f"-o {output}: {existing} is not writable")
+    for option, value in (("--width", request.width), ("--height", request.height)):
+        if value is not None and value <= 0:
+            raise GenerateError(f"{option} {value}: must be a positive number of pixels")
+    if request.steps < 1:
+        raise GenerateError(f"--steps {request.steps}: must be at least 1")
+    if not math.isfinite(request.guidance):
+        raise GenerateError(f"--guidance {request.guidance}: must be a finite number")
     check_adapters(request.adapters, request.inputs)
-    device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _write_png(image: Image.Image, output: Path) -> None:
+    """Write ``image`` next to ``output`` first, then rename: an existing file is replaced whole or not at all."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG")
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def run(request: GenerateRequest, report: Report, on_step: Callable[[int, int], None] | None = None) -> Path:
+    """Generate the image of ``request`` and write it as a PNG; returns its path.
+
+    Every option is checked first (:func:`check_request`); the PNG is written to a temporary file then renamed,
+    so a failed write leaves an existing file untouched.
+    """
+    check_request(request)
+    device = _device(request.device)
     dtype = _torch_dtype(request.dtype, device)
     options: dict[str, Any] = {} if request.solver is None else {"solver": request.solver}
     for name, value in request.base_inputs.items():  # --vae ...: local paths or names a resolver knows
         options[name] = resolve_name(value, report=report).path
     report(f"loading base model {request.base} ({device}, {str(dtype).removeprefix('torch.')})")
     pipeline = load_base_model(request.base, device=device, dtype=dtype, report=report, **options)
-    width = request.width or pipeline.default_size
-    height = request.height or pipeline.default_size
+    width = pipeline.default_size if request.width is None else request.width
+    height = pipeline.default_size if request.height is None else request.height
     multiple = pipeline.size_multiple
     if width % multiple or height % multiple:
         raise GenerateError(f"--width/--height must be multiples of {multiple}, got {width}x{height}")
@@ -186,6 +249,5 @@ def run(request: GenerateRequest, report: Report, on_step: Callable[[int, int], 
         height=height,
         callback=on_step,
     )
-    request.output.parent.mkdir(parents=True, exist_ok=True)
-    image.save(request.output, format="PNG")
+    _write_png(image, request.output)
     return request.output

@@ -1,4 +1,5 @@
-"""refiners-lora: LoRA and LoCon adapters for refiners models.
+"""refiners-lora: LoRA-family adapters (LoRA, LoCon, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT, GLoRA)
+for refiners models.
 
 Names are imported on first access (PEP 562) so that ``refiners_lora.plugin`` stays torch-free.
 """
@@ -23,6 +24,22 @@ _LAZY: dict[str, str] = {
     "parse_lora": "refiners_lora.formats",
     "detect_format": "refiners_lora.formats",
     "load_lora": "refiners_lora.loader",
+    "TuckerConv2dLora": "refiners_lora.layers",
+    "WeightDelta": "refiners_lora.deltas.base",
+    "LohaDelta": "refiners_lora.deltas.loha",
+    "LokrDelta": "refiners_lora.deltas.lokr",
+    "DoraDelta": "refiners_lora.deltas.dora",
+    "FullDelta": "refiners_lora.deltas.full",
+    "Ia3Delta": "refiners_lora.deltas.ia3",
+    "OftDelta": "refiners_lora.deltas.oft",
+    "GloraDelta": "refiners_lora.deltas.glora",
+    "build_delta": "refiners_lora.deltas.build",
+    "DeltaWeights": "refiners_lora.formats.common",
+    "PaddedLora": "refiners_lora.hotswap",
+    "LoraMetadata": "refiners_lora.metadata",
+    "read_lora_metadata": "refiners_lora.metadata",
+    "LoraSummary": "refiners_lora.inspect",
+    "inspect_lora": "refiners_lora.inspect",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -33,9 +50,21 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 if TYPE_CHECKING:
     from refiners_lora.adapter import LoraAdapter
+    from refiners_lora.deltas.base import WeightDelta
+    from refiners_lora.deltas.build import build_delta
+    from refiners_lora.deltas.dora import DoraDelta
+    from refiners_lora.deltas.full import FullDelta
+    from refiners_lora.deltas.glora import GloraDelta
+    from refiners_lora.deltas.ia3 import Ia3Delta
+    from refiners_lora.deltas.loha import LohaDelta
+    from refiners_lora.deltas.lokr import LokrDelta
+    from refiners_lora.deltas.oft import OftDelta
     from refiners_lora.errors import LoraError
     from refiners_lora.formats import detect_format, parse_lora
-    from refiners_lora.formats.common import LoraWeights, ParsedLora
-    from refiners_lora.layers import Conv2dLora, LinearLora, Lora
+    from refiners_lora.formats.common import DeltaWeights, LoraWeights, ParsedLora
+    from refiners_lora.hotswap import PaddedLora
+    from refiners_lora.inspect import LoraSummary, inspect_lora
+    from refiners_lora.layers import Conv2dLora, LinearLora, Lora, TuckerConv2dLora
     from refiners_lora.loader import load_lora
     from refiners_lora.manager import LoraManager
+    from refiners_lora.metadata import LoraMetadata, read_lora_metadata

@@ -1,4 +1,5 @@
-"""LoRA layers: ``scale * alpha / rank * up(down(x))`` for a Linear or a Conv2d target (LoCon)."""
+"""LoRA layers: ``scale * alpha / rank * up(down(x))`` for a Linear or a Conv2d target (LoCon, and
+LoCon with a Tucker core ``lora_mid``): the ``lora`` algorithm of the weight-delta contract."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 import refiners_core as rc
+from refiners_lora.deltas.base import WeightDelta, check_finite
 from refiners_lora.errors import LoraError
 
 
@@ -15,19 +17,35 @@ def _parameter(tensor: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor.to(device=like.device, dtype=like.dtype))
 
 
-class Lora(rc.Chain):
-    """A low-rank residual: ``down`` then ``up``, scaled by ``scale * alpha / rank``.
+class Lora(rc.Chain, WeightDelta):
+    """A low-rank residual: ``down`` then ``up`` (through a Tucker core ``mid`` when given), scaled by
+    ``scale * alpha / rank``.
 
     ``scale`` is the user's knob (0 disables the LoRA exactly); ``alpha`` comes from the file
     (``alpha = rank`` when the file gives none). A fused LoRA lives in its target's weight and is
     skipped by :class:`~refiners_lora.adapter.LoraAdapter`.
     """
 
-    def __init__(self, down: nn.Module, up: nn.Module, rank: int, alpha: float | None = None, scale: float = 1.0):
-        super().__init__(down=down, up=up)
+    algorithm = "lora"
+
+    def __init__(
+        self,
+        down: nn.Module,
+        up: nn.Module,
+        rank: int,
+        alpha: float | None = None,
+        scale: float = 1.0,
+        mid: nn.Module | None = None,
+    ):
+        if mid is None:
+            super().__init__(down=down, up=up)
+        else:
+            super().__init__(down=down, mid=mid, up=up)
+        if rank <= 0:
+            raise LoraError(f"LoRA rank must be positive, got {rank}")
         self.rank = rank
-        self.alpha = float(rank if alpha is None else alpha)
-        self.scale = float(scale)
+        self.alpha = check_finite("alpha", rank if alpha is None else alpha)
+        self.scale = check_finite("scale", scale)
         self.fused = False
 
     @property
@@ -45,11 +63,74 @@ class Lora(rc.Chain):
         """``scale * alpha / rank``: the factor applied to ``up(down(x))``."""
         return self.scale * self.alpha / self.rank
 
+    @property
+    def mid(self) -> nn.Module | None:
+        """The Tucker core (LoCon ``lora_mid``), or ``None``."""
+        return self._children.get("mid")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.down(x)
+        if self.mid is not None:
+            hidden = self.mid(hidden)
         scale = self.effective_scale
-        residual = self.up(self.down(x))
+        residual = self.up(hidden)
         # A factor of 1 (alpha = rank, the default) is exact: skip its multiply and its backward node.
         return residual if scale == 1.0 else residual * scale
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        """``alpha / rank * up @ (mid) @ down`` shaped like ``weight``."""
+        down, up = self._weights()
+        factor = self.alpha / self.rank
+        if self.mid is not None:
+            mid = self.mid.weight
+            assert isinstance(mid, torch.Tensor)
+            product = torch.einsum("o i, i j ..., j c -> o c ...", up.flatten(1), mid, down.flatten(1))
+            return (product * factor).reshape(weight.shape).to(weight.dtype)
+        return ((up.flatten(1) @ down.flatten(1)) * factor).reshape(weight.shape).to(weight.dtype)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``lora_down.weight``, ``lora_up.weight`` (``lora_mid.weight``) and ``alpha``, kohya key suffixes."""
+        down, up = self._weights()
+        state = {"lora_down.weight": down.detach(), "lora_up.weight": up.detach()}
+        if self.mid is not None:
+            mid = self.mid.weight
+            assert isinstance(mid, torch.Tensor)
+            state["lora_mid.weight"] = mid.detach()
+        state["alpha"] = torch.tensor(self.alpha)
+        return state
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Add ``effective_scale * up @ down`` to the target's weight in place (no temporary delta tensor)."""
+        if self.fused:
+            return
+        if self.mid is not None:
+            WeightDelta.fuse(self)
+            return
+        self._fusing()
+        self.add_delta_to(self.target.weight, self.effective_scale)
+        self.fused = True
+
+    @torch.no_grad()
+    def unfuse(self) -> None:
+        """Take the fused LoRA back out of the target's weight (bit-exact once no LoRA is fused in it)."""
+        if not self.fused:
+            return
+        if self.mid is not None:
+            WeightDelta.unfuse(self)
+            return
+        self.add_delta_to(self.target.weight, -self.effective_scale)
+        self.fused = False
+        self._unfused()
+
+    def rescale(self, scale: float) -> None:
+        """Set the user scale; a fused LoRA's target weight is updated by the difference."""
+        scale = check_finite("scale", scale)
+        if self.fused and self.mid is None:
+            self.add_delta_to(self.target.weight, (scale - self.scale) * self.alpha / self.rank)
+            self.scale = scale
+        else:
+            WeightDelta.rescale(self, scale)
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(down.weight, up.weight)``: both projections are weighted layers (Linear or Conv2d)."""
@@ -96,6 +177,7 @@ class LinearLora(Lora):
             target.in_features, target.out_features, rank, alpha, scale, target.weight.device, target.weight.dtype
         )
         nn.init.zeros_(lora.up.weight)  # type: ignore[arg-type]
+        lora.bind(target)
         return lora
 
     @classmethod
@@ -123,6 +205,7 @@ class LinearLora(Lora):
         lora = cls(target.in_features, target.out_features, rank, alpha, scale, device="meta")
         lora.down.weight = _parameter(down, target.weight)  # type: ignore[union-attr]
         lora.up.weight = _parameter(up, target.weight)  # type: ignore[union-attr]
+        lora.bind(target)
         return lora
 
 
@@ -186,6 +269,7 @@ class Conv2dLora(Lora):
             **cls._geometry(target),  # type: ignore[arg-type]
         )
         nn.init.zeros_(lora.up.weight)  # type: ignore[arg-type]
+        lora.bind(target)
         return lora
 
     @classmethod
@@ -225,13 +309,64 @@ class Conv2dLora(Lora):
         )
         lora.down.weight = _parameter(down, target.weight)  # type: ignore[union-attr]
         lora.up.weight = _parameter(up, target.weight)  # type: ignore[union-attr]
+        lora.bind(target)
+        return lora
+
+
+class TuckerConv2dLora(Lora):
+    """LoCon with a Tucker core: ``down`` a 1x1 convolution to ``rank`` channels, ``mid`` a
+    ``rank -> rank`` convolution with the target's kernel, stride, padding and dilation, ``up`` a 1x1
+    convolution back (LyCORIS ``lora_mid``)."""
+
+    @classmethod
+    def from_weights(
+        cls,
+        target: nn.Conv2d,
+        down: torch.Tensor,
+        mid: torch.Tensor,
+        up: torch.Tensor,
+        alpha: float | None = None,
+        scale: float = 1.0,
+    ) -> TuckerConv2dLora:
+        """A Tucker LoCon for ``target``: ``down`` ``(rank, in, 1, 1)``, ``mid`` ``(rank, rank, kh, kw)``,
+        ``up`` ``(out, rank, 1, 1)``."""
+        rank = int(down.shape[0])
+        kernel = tuple(target.kernel_size)
+        down = down.reshape(rank, -1)[:, :, None, None] if down.dim() == 2 else down
+        up = up.reshape(up.shape[0], -1)[:, :, None, None] if up.dim() == 2 else up
+        expected = ((rank, target.in_channels, 1, 1), (rank, rank, *kernel), (target.out_channels, rank, 1, 1))
+        if (tuple(down.shape), tuple(mid.shape), tuple(up.shape)) != expected:
+            raise LoraError(
+                f"LoCon shapes down {tuple(down.shape)}, mid {tuple(mid.shape)}, up {tuple(up.shape)} do not fit"
+                f" Conv2d({target.in_channels}, {target.out_channels}, kernel {kernel}): expected {expected}"
+            )
+        geometry = Conv2dLora._geometry(target)
+        down_layer = rc.Conv2d(target.in_channels, rank, 1, bias=False, device="meta")
+        mid_layer = rc.Conv2d(rank, rank, bias=False, device="meta", **geometry)  # type: ignore[arg-type]
+        up_layer = rc.Conv2d(rank, target.out_channels, 1, bias=False, device="meta")
+        for layer, tensor in ((down_layer, down), (mid_layer, mid), (up_layer, up)):
+            layer.weight = _parameter(tensor, target.weight)
+        lora = cls(down_layer, up_layer, rank, alpha, scale, mid=mid_layer)
+        lora.bind(target)
         return lora
 
 
 def lora_from_weights(
-    target: nn.Module, down: torch.Tensor, up: torch.Tensor, alpha: float | None = None, scale: float = 1.0
+    target: nn.Module,
+    down: torch.Tensor,
+    up: torch.Tensor,
+    alpha: float | None = None,
+    scale: float = 1.0,
+    mid: torch.Tensor | None = None,
 ) -> Lora:
-    """A :class:`LinearLora` or :class:`Conv2dLora` fitting ``target`` (a torch Linear or Conv2d)."""
+    """A :class:`LinearLora`, :class:`Conv2dLora` or (with ``mid``) :class:`TuckerConv2dLora` fitting
+    ``target`` (a torch Linear or Conv2d)."""
+    if down.dim() == 0 or down.shape[0] == 0:
+        raise LoraError(f"LoRA rank must be positive, got lora_down of shape {tuple(down.shape)}")
+    if mid is not None:
+        if not isinstance(target, nn.Conv2d):
+            raise LoraError(f"a LoCon Tucker core (lora_mid) needs a Conv2d target, not {type(target).__name__}")
+        return TuckerConv2dLora.from_weights(target, down, mid, up, alpha, scale)
     if isinstance(target, nn.Linear):
         return LinearLora.from_weights(target, down, up, alpha, scale)
     if isinstance(target, nn.Conv2d):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +13,27 @@ import refiners_core as rc
 from refiners_core.module import get_parent
 from refiners_core.weights import format_keys
 from refiners_lora.adapter import LoraAdapter
+from refiners_lora.deltas.base import WeightDelta, check_finite
+from refiners_lora.deltas.build import build_delta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats import parse_lora, read_lora_file
-from refiners_lora.formats.common import COMPONENTS, LoraWeights
-from refiners_lora.layers import Lora, lora_from_weights
+from refiners_lora.formats.common import COMPONENTS, DeltaWeights, LoraWeights
+from refiners_lora.layers import Lora
+from refiners_lora.metadata import read_lora_metadata
 from refiners_lora.module_map import ModuleMap, NameResolver, resolve_aliases, resolve_module_map
-from refiners_lora.writers import write_lora
+from refiners_lora.writers import write_deltas, write_lora
 
 Target = tuple[str, str]  # (component, module name)
 _MANAGER_ATTRIBUTE = "_refiners_lora_manager"
+
+
+def model_architecture(model: nn.Module) -> str | None:
+    """The architecture name a model declares (``architecture``, or a UNet's ``topology``: ``sd15``, ``sdxl``)."""
+    for attribute in ("architecture", "topology"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class LoraManager:
@@ -32,8 +44,10 @@ class LoraManager:
     any other Chain; ``module_map`` overrides it. ``model`` is the ``unet`` component; text encoders
     and other components can be given in ``components`` (a module or a name -> layer map each).
 
-    Several LoRAs stack on the same layers with independent scales. Every change is all-or-nothing:
-    when :meth:`add` raises, the model is exactly as before.
+    Several LoRAs stack on the same layers with independent scales; a file may mix algorithms
+    (LoRA, LoCon, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT, GLoRA). Every change is all-or-nothing:
+    when :meth:`add` raises, the model is exactly as before. The manager attaches itself to the
+    model (for :meth:`of`) only once a LoRA was added: a failed first load leaves nothing behind.
     """
 
     def __init__(
@@ -41,11 +55,13 @@ class LoraManager:
         model: nn.Module,
         module_map: ModuleMap | nn.Module | None = None,
         components: Mapping[str, ModuleMap | nn.Module] | None = None,
+        architecture: str | None = None,
     ) -> None:
         existing = model.__dict__.get(_MANAGER_ATTRIBUTE)
         if existing is not None and existing.names:
             raise LoraError("this model already has a LoraManager holding LoRAs: use LoraManager.of(model)")
         self.model = model
+        self.architecture = architecture or model_architecture(model)
         self._maps: dict[str, dict[str, nn.Module]] = {"unet": resolve_module_map(model, module_map)}
         for component, source in (components or {}).items():
             if component not in COMPONENTS:
@@ -53,9 +69,8 @@ class LoraManager:
             self._maps[component] = resolve_module_map(source if isinstance(source, nn.Module) else model, source)
         self._resolvers: dict[str, NameResolver] = {}
         self._adapters: dict[Target, LoraAdapter] = {}
-        self._loras: dict[str, dict[Target, Lora]] = {}
+        self._loras: dict[str, dict[Target, WeightDelta]] = {}
         self._scales: dict[str, float] = {}
-        model.__dict__[_MANAGER_ATTRIBUTE] = self
 
     @classmethod
     def of(cls, model: nn.Module, **options: Any) -> LoraManager:
@@ -80,11 +95,15 @@ class LoraManager:
         """Names of the LoRAs currently fused into the base weights."""
         return [name for name, layers in self._loras.items() if any(lora.fused for lora in layers.values())]
 
-    def layers_of(self, name: str) -> dict[Target, Lora]:
-        """The LoRA layers of ``name`` by ``(component, module name)``."""
+    def layers_of(self, name: str) -> dict[Target, WeightDelta]:
+        """The weight deltas (LoRA layers and the other algorithms) of ``name`` by ``(component, module name)``."""
         return dict(self._require(name))
 
-    def _require(self, name: str) -> dict[Target, Lora]:
+    def algorithms_of(self, name: str) -> list[str]:
+        """The algorithms ``name`` uses (``lora``, ``loha``, ``dora``...), sorted."""
+        return sorted({delta.algorithm for delta in self._require(name).values()})
+
+    def _require(self, name: str) -> dict[Target, WeightDelta]:
         if name not in self._loras:
             raise LoraError(f"no LoRA named {name!r} (loaded: {', '.join(self._loras) or 'none'})")
         return self._loras[name]
@@ -112,7 +131,9 @@ class LoraManager:
         """Load the LoRA ``weights`` (a file, a folder holding one, or a state dict) under ``name``.
 
         The format is detected from the keys (``format`` forces one); modules are matched by name.
-        ``skip_components`` deliberately ignores whole components (e.g. ``("text_encoder",)``).
+        ``skip_components`` deliberately ignores whole components (e.g. ``("text_encoder",)``). A file
+        whose header says it was trained for another architecture (kohya ``ss_base_model_version``,
+        ``modelspec.architecture``) is refused before any key matching.
 
         Raises:
             LoraError: listing every offending key: keys of no known layout, incomplete down/up
@@ -123,36 +144,55 @@ class LoraManager:
             raise LoraError(f"invalid LoRA name {name!r}: it must be non-empty and contain no '.'")
         if name in self._loras:
             raise LoraError(f"a LoRA named {name!r} is already loaded: remove it first or pick another name")
+        scale = check_finite(f"the scale of LoRA {name!r}", scale)
         if isinstance(weights, str | Path):
             state_dict, file_metadata = read_lora_file(weights, allow_pickle=allow_pickle)
             metadata = {**file_metadata, **(metadata or {})}
         else:
             state_dict = dict(weights)
+        self._check_architecture(name, weights, metadata)
         parsed = parse_lora(state_dict, metadata, format=format)
         built = self._build(name, parsed.layers, parsed.invalid_keys, set(skip_components), parsed.format, scale)
         self._attach(name, built)
         self._scales[name] = float(scale)
+        self.model.__dict__[_MANAGER_ATTRIBUTE] = self
         return self
+
+    def _check_architecture(
+        self, name: str, weights: str | Path | Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
+    ) -> None:
+        trained_for = read_lora_metadata(metadata or {})
+        if trained_for.base_model is None or self.architecture is None:
+            return
+        if trained_for.base_model != self.architecture:
+            source = weights if isinstance(weights, str | Path) else f"LoRA {name!r}"
+            raise LoraError(
+                f"{source} was trained for {trained_for.base_model} ({trained_for.base_model_source}) but the "
+                f"model is {self.architecture}: load it on a {trained_for.base_model} model"
+            )
 
     def _build(
         self,
         name: str,
-        entries: list[LoraWeights],
+        entries: Sequence[LoraWeights | DeltaWeights],
         invalid_keys: list[str],
         skip: set[str],
         layout: str,
         scale: float,
-    ) -> dict[Target, tuple[LoraAdapter, bool, Lora]]:
+    ) -> dict[Target, tuple[LoraAdapter, bool, WeightDelta]]:
         problems: list[str] = []
         if invalid_keys:
-            problems.append(f"keys of no known LoRA layout or without their down/up pair: {format_keys(invalid_keys)}")
+            problems.append(
+                "keys of no known LoRA layout, without their down/up pair or mixing algorithms: "
+                f"{format_keys(invalid_keys)}"
+            )
         unknown_skips = skip - set(COMPONENTS)
         if unknown_skips:
             problems.append(f"unknown components to skip: {', '.join(sorted(unknown_skips))}")
         missing_component: list[str] = []
         unmatched: list[str] = []
         misfit: list[str] = []
-        built: dict[Target, tuple[LoraAdapter, bool, Lora]] = {}
+        built: dict[Target, tuple[LoraAdapter, bool, WeightDelta]] = {}
         for entry in entries:
             if entry.component in skip:
                 continue
@@ -169,7 +209,7 @@ class LoraManager:
                 continue
             target = self._maps[entry.component][module]
             try:
-                lora = lora_from_weights(target, entry.down, entry.up, entry.alpha, scale)
+                lora = build_delta(target, entry, scale)
             except LoraError as error:
                 misfit.append(f"{', '.join(entry.keys)} ({error})")
                 continue
@@ -200,10 +240,10 @@ class LoraManager:
             raise LoraError(f"cannot add LoRA {name!r} ({layout}): " + "; ".join(problems))
         return built
 
-    def _attach(self, name: str, built: dict[Target, tuple[LoraAdapter, bool, Lora]]) -> None:
+    def _attach(self, name: str, built: dict[Target, tuple[LoraAdapter, bool, WeightDelta]]) -> None:
         new_adapters = [adapter for adapter, is_new, _ in built.values() if is_new]
         rc.inject_adapters(new_adapters)
-        attached: list[tuple[LoraAdapter, Lora]] = []
+        attached: list[tuple[LoraAdapter, WeightDelta]] = []
         try:
             for adapter, _, lora in built.values():
                 adapter.add_lora(name, lora)
@@ -217,17 +257,134 @@ class LoraManager:
             self._adapters[target_key] = adapter
         self._loras[name] = {target_key: lora for target_key, (_, _, lora) in built.items()}
 
+    # ---- hot-swap (torch.compile) -------------------------------------------------------------
+
+    def _parse(
+        self, name: str, weights: str | Path | Mapping[str, torch.Tensor], allow_pickle: bool = False
+    ) -> list[tuple[Target, LoraWeights]]:
+        """Read ``weights`` and resolve every layer to a target; only plain LoRA / LoCon layers."""
+        if isinstance(weights, str | Path):
+            state_dict, metadata = read_lora_file(weights, allow_pickle=allow_pickle)
+        else:
+            state_dict, metadata = dict(weights), {}
+        self._check_architecture(name, weights, metadata)
+        parsed = parse_lora(state_dict, metadata)
+        problems: list[str] = []
+        if parsed.invalid_keys:
+            problems.append(f"keys of no known LoRA layout: {format_keys(parsed.invalid_keys)}")
+        resolved: list[tuple[Target, LoraWeights]] = []
+        for entry in parsed.layers:
+            if not isinstance(entry, LoraWeights):
+                problems.append(f"{entry.algorithm} layers cannot be hot-swapped: {format_keys(list(entry.keys))}")
+                continue
+            module = (
+                self._resolver(entry.component).resolve(entry.name, entry.underscored)
+                if (entry.component in self._maps)
+                else None
+            )
+            if module is None:
+                problems.append(f"keys matching no module of the model: {format_keys(list(entry.keys))}")
+                continue
+            resolved.append(((entry.component, module), entry))
+        if problems:
+            raise LoraError(f"cannot hot-swap LoRA {name!r}: " + "; ".join(problems))
+        return resolved
+
+    def add_hotswappable(
+        self,
+        name: str,
+        weights: str | Path | Mapping[str, torch.Tensor],
+        *,
+        max_rank: int,
+        targets: Iterable[str | Target] = (),
+        scale: float = 1.0,
+        allow_pickle: bool = False,
+    ) -> LoraManager:
+        """Load a plain LoRA / LoCon as ``name`` so that :meth:`hotswap` can later replace it by another
+        file without changing any shape, module or Python attribute: a ``torch.compile``-d model does
+        not recompile.
+
+        Every layer gets rank ``max_rank`` (zero-padded); ``targets`` (module names of the UNet, or
+        ``(component, module)`` pairs) adds zero LoRAs on layers later files may target. Hot-swappable
+        LoRAs are never fused and take their scale from a tensor buffer.
+        """
+        from refiners_lora.hotswap import PaddedLora
+
+        if name in self._loras:
+            raise LoraError(f"a LoRA named {name!r} is already loaded: remove it first or pick another name")
+        scale = check_finite(f"the scale of LoRA {name!r}", scale)
+        resolved = dict(self._parse(name, weights, allow_pickle))
+        wanted = [target if isinstance(target, tuple) else ("unet", target) for target in targets]
+        problems = [
+            f"{component}:{module}" for component, module in wanted if module not in self._maps.get(component, {})
+        ]
+        if problems:
+            raise LoraError(f"hot-swap targets matching no module of the model: {', '.join(problems)}")
+        built: dict[Target, tuple[LoraAdapter, bool, WeightDelta]] = {}
+        misfit: list[str] = []
+        for target_key in [*resolved, *(key for key in wanted if key not in resolved)]:
+            target = self._maps[target_key[0]][target_key[1]]
+            padded = PaddedLora.empty(target, max_rank, scale)
+            entry = resolved.get(target_key)
+            if entry is not None:
+                try:
+                    padded.check(entry.down, entry.up)
+                except LoraError as error:
+                    misfit.append(f"{', '.join(entry.keys)} ({error})")
+                    continue
+                padded.load(entry.down, entry.up, entry.alpha)
+            adapter = self._adapters.get(target_key)
+            built[target_key] = (adapter or LoraAdapter(target), adapter is None, padded)
+        if misfit:
+            raise LoraError(f"cannot add LoRA {name!r}: keys that do not fit: {format_keys(misfit, limit=10)}")
+        self._attach(name, built)
+        self._scales[name] = scale
+        self.model.__dict__[_MANAGER_ATTRIBUTE] = self
+        return self
+
+    def hotswap(
+        self, name: str, weights: str | Path | Mapping[str, torch.Tensor], *, allow_pickle: bool = False
+    ) -> None:
+        """Replace the LoRA loaded by :meth:`add_hotswappable` as ``name`` by ``weights``, in place.
+
+        Raises:
+            LoraError: a layer outside the targets fixed up front, a rank above ``max_rank``, a layer
+                that is not a plain LoRA: nothing is changed then.
+        """
+        from refiners_lora.hotswap import PaddedLora
+
+        slots = self._require(name)
+        if not all(isinstance(delta, PaddedLora) for delta in slots.values()):
+            raise LoraError(f"LoRA {name!r} was not loaded with add_hotswappable")
+        resolved = dict(self._parse(name, weights, allow_pickle))
+        problems: list[str] = []
+        for target_key, entry in resolved.items():
+            slot = slots.get(target_key)
+            if slot is None:
+                problems.append(f"{', '.join(entry.keys)} (not a hot-swap target: pass it in targets= up front)")
+                continue
+            try:
+                slot.check(entry.down, entry.up)  # type: ignore[operator]
+            except LoraError as error:
+                problems.append(f"{', '.join(entry.keys)} ({error})")
+        if problems:
+            raise LoraError(f"cannot hot-swap LoRA {name!r}: {format_keys(problems, limit=10)}")
+        for target_key, slot in slots.items():
+            assert isinstance(slot, PaddedLora)
+            new = resolved.get(target_key)
+            if new is None:
+                slot.load(None, None, None)
+            else:
+                slot.load(new.down, new.up, new.alpha)
+
     # ---- changing --------------------------------------------------------------------------------
 
     def set_scale(self, name: str, scale: float) -> None:
         """Change the scale of ``name``; a fused LoRA's base weights are updated by the difference."""
         layers = self._require(name)
-        scale = float(scale)
-        for (component, module), lora in layers.items():
-            if lora.fused:
-                difference = (scale - lora.scale) * lora.alpha / lora.rank
-                lora.add_delta_to(self._weight(component, module), difference)
-            lora.scale = scale
+        scale = check_finite(f"the scale of LoRA {name!r}", scale)
+        for delta in layers.values():
+            delta.rescale(scale)
         self._scales[name] = scale
 
     def remove(self, name: str) -> None:
@@ -242,6 +399,8 @@ class LoraManager:
                 del self._adapters[target_key]
         del self._loras[name]
         del self._scales[name]
+        if not self._loras and self.model.__dict__.get(_MANAGER_ATTRIBUTE) is self:
+            del self.model.__dict__[_MANAGER_ATTRIBUTE]
 
     def remove_all(self) -> None:
         """Remove every LoRA: the model gets back its exact original layers."""
@@ -249,9 +408,6 @@ class LoraManager:
             self.remove(name)
 
     # ---- fusing ----------------------------------------------------------------------------------
-
-    def _weight(self, component: str, module: str) -> torch.Tensor:
-        return self._maps[component][module].weight  # type: ignore[return-value]
 
     def fuse(self, names: Iterable[str] | None = None) -> None:
         """Merge LoRAs (default: all) into the base weights, in place: zero overhead at inference.
@@ -262,16 +418,12 @@ class LoraManager:
         for name in selected:
             self._require(name)
         for name in selected:
-            for (component, module), lora in self._loras[name].items():
-                if not lora.fused:
-                    lora.add_delta_to(self._weight(component, module), lora.effective_scale)
-                    lora.fused = True
+            for delta in self._loras[name].values():
+                delta.fuse()
 
-    def _unfuse_layers(self, layers: Mapping[Target, Lora]) -> None:
-        for (component, module), lora in layers.items():
-            if lora.fused:
-                lora.add_delta_to(self._weight(component, module), -lora.effective_scale)
-                lora.fused = False
+    def _unfuse_layers(self, layers: Mapping[Target, WeightDelta]) -> None:
+        for delta in layers.values():
+            delta.unfuse()
 
     def unfuse(self, names: Iterable[str] | None = None) -> None:
         """Take fused LoRAs (default: all) back out of the base weights (exact up to float rounding)."""
@@ -282,9 +434,15 @@ class LoraManager:
     # ---- saving ----------------------------------------------------------------------------------
 
     def state_dict_of(self, name: str) -> dict[Target, tuple[torch.Tensor, torch.Tensor, float]]:
-        """``(down, up, alpha)`` of every layer of ``name`` by ``(component, module name)``."""
+        """``(down, up, alpha)`` of every layer of ``name`` by ``(component, module name)``.
+
+        Raises:
+            LoraError: when ``name`` holds layers other than plain down/up LoRAs (see :meth:`save`).
+        """
         state: dict[Target, tuple[torch.Tensor, torch.Tensor, float]] = {}
         for target_key, lora in self._require(name).items():
+            if not isinstance(lora, Lora) or lora.mid is not None:
+                raise LoraError(f"LoRA {name!r} holds {lora.algorithm} layers: only plain LoRAs have down/up pairs")
             down, up = lora._weights()
             state[target_key] = (down.detach(), up.detach(), lora.alpha)
         return state
@@ -293,6 +451,10 @@ class LoraManager:
         """Write ``name`` to a safetensors file in ``format`` (``diffusers``, ``kohya`` or ``refiners``).
 
         Ranks and alphas are kept (diffusers files carry them in ``lora_adapter_metadata``); the user
-        scale is not part of the file.
+        scale is not part of the file. A LoRA holding other algorithms (LoHa, LoKr, DoRA...) is written
+        in kohya / LyCORIS layout with each algorithm's own key names, whatever ``format`` says.
         """
-        return write_lora(self.state_dict_of(name), path, format)
+        layers = self._require(name)
+        if all(isinstance(delta, Lora) and delta.mid is None for delta in layers.values()):
+            return write_lora(self.state_dict_of(name), path, format)
+        return write_deltas({target: delta.state() for target, delta in layers.items()}, path)

@@ -78,7 +78,12 @@ class PipelineLoraManager(LoraManager):
         if "unet" not in maps:
             raise ValueError("this pipeline has no 'unet' component with names a LoRA can target")
         others = {component: names for component, names in maps.items() if component != "unet"}
-        super().__init__(pipeline.components()["unet"], module_map=maps["unet"], components=others)
+        super().__init__(
+            pipeline.components()["unet"],
+            module_map=maps["unet"],
+            components=others,
+            architecture=getattr(pipeline, "architecture", None),
+        )
 
     def _resolver(self, component: str) -> NameResolver:
         if component not in self._resolvers:

@@ -6,7 +6,12 @@ Imported every time ``refiners`` starts: metadata only, no torch. The loader liv
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from refiners_core import AdapterFamily, hookimpl
+
+if TYPE_CHECKING:
+    import typer
 
 FORMATS = ("kohya", "diffusers", "peft", "diffusers-old", "refiners")
 
@@ -17,7 +22,10 @@ def refiners_adapter_families() -> list[AdapterFamily]:
     return [
         AdapterFamily(
             name="lora",
-            description="LoRA and LoCon (kohya, diffusers, PEFT, old diffusers): stackable, scalable, fusable.",
+            description=(
+                "LoRA, LoCon, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT, GLoRA (kohya, LyCORIS, diffusers, PEFT, "
+                "old diffusers): stackable, scalable, fusable."
+            ),
             loader="refiners_lora.loader:load_lora",
             formats=FORMATS,
             base_models=("sd15", "sdxl"),
@@ -26,3 +34,11 @@ def refiners_adapter_families() -> list[AdapterFamily]:
             create="refiners_lora.training:create_lora",
         )
     ]
+
+
+@hookimpl
+def refiners_register_commands(cli: typer.Typer) -> None:
+    """Add ``refiners lora inspect``."""
+    from refiners_lora.cli import register
+
+    register(cli)

@@ -94,8 +94,9 @@ class TrainableLora:
         self.alpha = alpha
 
     def layers(self) -> dict[tuple[str, str], Lora]:
-        """The LoRA layers by ``(component, module name)``."""
-        return self.manager.layers_of(self.name)
+        """The LoRA layers by ``(component, module name)`` (a trainable LoRA holds plain LoRA layers only)."""
+        layers = self.manager.layers_of(self.name)
+        return {target: layer for target, layer in layers.items() if isinstance(layer, Lora)}
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """The ``down`` and ``up`` weights of every layer, in a fixed order."""

@@ -86,6 +86,17 @@ def refiners_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor], 
     return state, {"format": "pt", REFINERS_METADATA_KEY: "1"}
 
 
+def write_deltas(states: Mapping[tuple[str, str], Mapping[str, torch.Tensor]], path: str | Path) -> Path:
+    """Write weight deltas ((component, module) -> {key suffix: tensor}) as a kohya / LyCORIS file:
+    ``lora_unet_<module_with_underscores>.<suffix>``."""
+    state: dict[str, torch.Tensor] = {}
+    for (component, module), tensors in states.items():
+        prefix = f"{kohya_key_prefix(component)}_{module.replace('.', '_')}"
+        for suffix, tensor in tensors.items():
+            state[f"{prefix}.{suffix}"] = tensor.detach().contiguous()
+    return save_state_dict(state, path, metadata={"format": "pt"})
+
+
 def write_lora(tensors: LoraTensors, path: str | Path, format: str = "diffusers") -> Path:
     """Write ``tensors`` ((component, module) -> (down, up, alpha)) to ``path`` in ``format``."""
     writers = {"diffusers": diffusers_state_dict, "kohya": kohya_state_dict, "refiners": refiners_state_dict}

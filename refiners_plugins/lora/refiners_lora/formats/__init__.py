@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -66,9 +67,24 @@ def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[s
     file = _weight_file(Path(path), allow_pickle)
     tensors = load_tensors(file, allow_pickle=allow_pickle)
     metadata = read_metadata(file) if file.suffix == ".safetensors" else {}
+    source = f"the {DIFFUSERS_METADATA_KEY} header of {file}"
     peft_config = file.with_name("adapter_config.json")
     if DIFFUSERS_METADATA_KEY not in metadata and peft_config.is_file():
-        metadata[DIFFUSERS_METADATA_KEY] = peft_config.read_text()
+        try:
+            metadata[DIFFUSERS_METADATA_KEY] = peft_config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise LoraError(f"cannot read {peft_config}: {error}") from None
+        source = str(peft_config)
+    if DIFFUSERS_METADATA_KEY in metadata:
+        try:
+            config = json.loads(metadata[DIFFUSERS_METADATA_KEY])
+        except ValueError as error:
+            raise LoraError(f"{source} is not valid JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise LoraError(f"{source} is not a JSON object")
+    bad = sorted(key for key, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all())
+    if bad:
+        raise LoraError(f"{file} holds NaN or infinite values in {format_keys(bad)}")
     return tensors, metadata
 
 

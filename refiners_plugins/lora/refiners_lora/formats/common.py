@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from refiners_lora.deltas.base import scalar_alpha
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
@@ -44,13 +47,14 @@ class ParsedLora:
 
     Attributes:
         format: the detected layout (``kohya``, ``diffusers``, ``peft``, ``diffusers-old``, ``refiners``).
-        layers: one entry per target layer.
+        layers: one entry per target layer: :class:`LoraWeights` for plain LoRA pairs,
+            :class:`DeltaWeights` for every other algorithm.
         invalid_keys: keys that belong to no complete down/up pair (e.g. a ``lora_up`` without its
             ``lora_down``) or that the format does not know (DoRA scales, LyCORIS variants).
     """
 
     format: str
-    layers: list[LoraWeights]
+    layers: Sequence[LoraWeights | DeltaWeights]
     invalid_keys: list[str] = field(default_factory=list)
 
 
@@ -77,10 +81,86 @@ class PairCollector:
                 continue
             alpha: float | None = None
             if "alpha" in parts:
-                alpha = float(parts["alpha"][1].item())
+                alpha = scalar_alpha(parts["alpha"][0], parts["alpha"][1])
             elif default_alphas is not None:
                 alpha = default_alphas.get((component, name))
             layers.append(
                 LoraWeights(component, name, parts["down"][1], parts["up"][1], alpha, keys, underscored=underscored)
             )
         return layers, invalid
+
+
+@dataclass
+class DeltaWeights:
+    """The change of one target layer by any algorithm other than a plain down/up LoRA, as read from a file.
+
+    Attributes:
+        component: ``"unet"``, ``"text_encoder"`` or ``"text_encoder_2"``.
+        name: the target's module name as written in the file (see :class:`LoraWeights`).
+        algorithm: ``lora`` (with a Tucker core or a DoRA magnitude), ``loha``, ``lokr``, ``full``,
+            ``ia3``, ``oft``, ``glora``, or one this package does not implement (``boft``, ``norm``).
+        tensors: the tensors by key suffix (``hada_w1_a``, ``lora_down.weight``, ``dora_scale``...),
+            ``alpha`` excluded.
+        alpha: the file's alpha, ``None`` when absent.
+        keys: the file keys this entry was built from.
+        underscored: whether ``name`` uses kohya's ``_`` separators.
+        convention: ``lycoris`` (kohya / LyCORIS files) or ``peft`` (PEFT adapters: their own scaling).
+        rank: the rank a PEFT config gives (``r`` / ``rank_pattern``), used where the tensors do not say.
+    """
+
+    component: str
+    name: str
+    algorithm: str
+    tensors: dict[str, torch.Tensor]
+    alpha: float | None
+    keys: tuple[str, ...]
+    underscored: bool = False
+    convention: str = "lycoris"
+    rank: int | None = None
+
+
+# key suffix -> algorithm; a layer's suffixes must all belong to one algorithm (``alpha`` and
+# ``dora_scale`` go with any)
+ALGORITHM_SUFFIXES: dict[str, str] = {
+    "lora_down.weight": "lora",
+    "lora_up.weight": "lora",
+    "lora_mid.weight": "lora",
+    "hada_w1_a": "loha",
+    "hada_w1_b": "loha",
+    "hada_w2_a": "loha",
+    "hada_w2_b": "loha",
+    "hada_t1": "loha",
+    "hada_t2": "loha",
+    "lokr_w1": "lokr",
+    "lokr_w1_a": "lokr",
+    "lokr_w1_b": "lokr",
+    "lokr_w2": "lokr",
+    "lokr_w2_a": "lokr",
+    "lokr_w2_b": "lokr",
+    "lokr_t2": "lokr",
+    "diff": "full",
+    "diff_b": "full",
+    "weight": "ia3",
+    "on_input": "ia3",
+    "oft_blocks": "oft",
+    "rescale": "oft",
+    "oft_diag": "oft",
+    "a1.weight": "glora",
+    "a2.weight": "glora",
+    "b1.weight": "glora",
+    "b2.weight": "glora",
+    "w_norm": "norm",
+    "b_norm": "norm",
+}
+SHARED_SUFFIXES = ("alpha", "dora_scale")
+
+
+def algorithm_of(suffixes: set[str], tensors: dict[str, torch.Tensor]) -> str | None:
+    """The algorithm of a layer from its key suffixes, or ``None`` when they mix algorithms."""
+    algorithms = {ALGORITHM_SUFFIXES[suffix] for suffix in suffixes if suffix in ALGORITHM_SUFFIXES}
+    if len(algorithms) != 1:
+        return None
+    algorithm = algorithms.pop()
+    if algorithm == "oft" and "oft_blocks" in tensors and tensors["oft_blocks"].dim() == 4:
+        return "boft"
+    return algorithm

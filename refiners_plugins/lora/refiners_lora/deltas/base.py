@@ -1,0 +1,228 @@
+"""The weight-delta contract every LoRA algorithm implements.
+
+A delta changes one target layer's weight ``W`` (a Linear or a Conv2d) into ``W + delta_at(W, s)``
+where ``s`` is the user's scale. Each algorithm (LoRA, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
+GLoRA) is a small module behind :class:`WeightDelta`: it says what its delta is, how to apply it to
+an input without touching ``W`` (the unfused "bypass" forward), how to fuse it into ``W`` and take
+it back out, how to change its scale, and which tensors it saves under which file key names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import refiners_core as rc
+from refiners_lora.errors import LoraError
+
+_FUSED_STATE = "_refiners_lora_fused"
+
+
+def check_finite(name: str, value: float) -> float:
+    """``value`` as a float, or a :class:`LoraError` naming ``name`` when it is NaN or infinite."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise LoraError(f"{name} is {value}: a LoRA scale or alpha must be a finite number")
+    return value
+
+
+class WeightDelta(rc.Module):
+    """A change of one target layer's weight, at a user scale.
+
+    Subclasses implement :meth:`delta` (the change at scale 1) and :meth:`state` (their tensors under
+    the file's key suffixes); the rest has working defaults:
+
+    - :meth:`delta_at` ``(W, s)``: the change at scale ``s``, ``s * delta(W)`` unless the algorithm is
+      not linear in its scale (PEFT DoRA);
+    - :meth:`forward`: the unfused (bypass) residual ``op(x, delta_at(W, s))`` with the target's
+      geometry, plus a bias change when the algorithm has one;
+    - :meth:`fuse` / :meth:`unfuse`: add the change to ``W`` in place and take exactly that tensor
+      back out;
+    - :meth:`rescale`: change ``s`` (a fused delta is unfused and fused again).
+
+    The target is referenced, never registered as a child, so the delta's state dict holds only its
+    own tensors.
+    """
+
+    algorithm: ClassVar[str] = "delta"
+
+    def __init__(self, target: nn.Module | None = None, scale: float = 1.0) -> None:
+        super().__init__()
+        self.__dict__["_target"] = None
+        if target is not None:
+            self.bind(target)
+        self.scale = check_finite("scale", scale)
+        self.fused = False
+        self.__dict__["_fused_weight"] = None
+        self.__dict__["_fused_bias"] = None
+
+    def bind(self, target: nn.Module) -> None:
+        """Make ``target`` (a Linear or an ungrouped Conv2d) the layer this delta changes."""
+        if not isinstance(target, nn.Linear | nn.Conv2d):
+            raise LoraError(f"LoRA targets must be Linear or Conv2d layers, not {type(target).__name__}")
+        if isinstance(target, nn.Conv2d) and target.groups != 1:
+            raise LoraError(f"LoRA of a grouped convolution (groups={target.groups}) is not supported")
+        self.__dict__["_target"] = target
+        for child in self.children():
+            if isinstance(child, WeightDelta):
+                child.bind(target)
+
+    # ---- what subclasses provide -----------------------------------------------------------------
+
+    @property
+    def target(self) -> nn.Linear | nn.Conv2d:
+        """The layer whose weight this delta changes."""
+        target = self.__dict__.get("_target")
+        if target is None:
+            raise LoraError(f"this {self.algorithm} delta is not bound to a target layer yet")
+        return target
+
+    @property
+    def is_bound(self) -> bool:
+        """Whether a target layer was given."""
+        return self.__dict__.get("_target") is not None
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the target's weight."""
+        return tuple(self.target.weight.shape)
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        """The change of ``weight`` at scale 1 (file alpha / rank included), shaped like ``weight``."""
+        raise NotImplementedError
+
+    def bias_delta(self) -> torch.Tensor | None:
+        """The change of the target's bias at scale 1, or ``None`` (most algorithms leave it alone)."""
+        return None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """This delta's tensors under the key suffixes of the file it came from (``hada_w1_a``...)."""
+        raise NotImplementedError
+
+    # ---- defaults --------------------------------------------------------------------------------
+
+    def delta_at(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        """The change of ``weight`` at user scale ``scale``."""
+        return self.delta(weight) * scale
+
+    def _base_weight(self) -> torch.Tensor:
+        return self.target.weight
+
+    def op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The target's operation (linear or convolution, same geometry) with another weight."""
+        target = self.target
+        if isinstance(target, nn.Linear):
+            return F.linear(x, weight, bias)
+        if target.padding_mode != "zeros":
+            x = F.pad(x, target._reversed_padding_repeated_twice, mode=target.padding_mode)
+            return F.conv2d(x, weight, bias, target.stride, 0, target.dilation)
+        return F.conv2d(x, weight, bias, target.stride, target.padding, target.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual this delta adds to the target's output, unfused."""
+        weight = self._base_weight()
+        delta = self.delta_at(weight, self.scale).to(x.dtype)
+        bias = self.bias_delta()
+        return self.op(x, delta, None if bias is None else (bias * self.scale).to(x.dtype))
+
+    def _fusing(self) -> None:
+        # the first delta fused into a layer keeps its exact weights, so that unfusing the last one
+        # gives them back bit for bit (float additions do not cancel exactly)
+        target = self.target
+        state = target.__dict__.setdefault(_FUSED_STATE, {"count": 0, "weight": None, "bias": None})
+        if state["count"] == 0:
+            state["weight"] = target.weight.detach().clone()
+            state["bias"] = None if target.bias is None else target.bias.detach().clone()
+        state["count"] += 1
+
+    @torch.no_grad()
+    def _unfused(self) -> None:
+        target = self.target
+        state = target.__dict__.get(_FUSED_STATE)
+        if state is None:
+            return
+        state["count"] -= 1
+        if state["count"] == 0:
+            target.weight.copy_(state["weight"])
+            if state["bias"] is not None and target.bias is not None:
+                target.bias.copy_(state["bias"])
+            del target.__dict__[_FUSED_STATE]
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Add the change at the current scale to the target's weight (and bias), in place."""
+        if self.fused:
+            return
+        self._fusing()
+        weight = self.target.weight
+        delta = self.delta_at(weight.float(), self.scale).to(weight.dtype)
+        weight.add_(delta)
+        self.__dict__["_fused_weight"] = delta
+        bias = self.bias_delta()
+        if bias is not None and self.target.bias is not None:
+            bias = (bias * self.scale).to(self.target.bias.dtype)
+            self.target.bias.add_(bias)
+            self.__dict__["_fused_bias"] = bias
+        self.fused = True
+
+    @torch.no_grad()
+    def unfuse(self) -> None:
+        """Take the fused change back out of the target's weight (and bias)."""
+        if not self.fused:
+            return
+        self.target.weight.sub_(self.__dict__["_fused_weight"])
+        if self.__dict__["_fused_bias"] is not None and self.target.bias is not None:
+            self.target.bias.sub_(self.__dict__["_fused_bias"])
+        self.__dict__["_fused_weight"] = self.__dict__["_fused_bias"] = None
+        self.fused = False
+        self._unfused()
+
+    def rescale(self, scale: float) -> None:
+        """Set the user scale (a fused delta is refused into the weight at the new scale)."""
+        scale = check_finite("scale", scale)
+        if self.fused:
+            self.unfuse()
+            self.scale = scale
+            self.fuse()
+        else:
+            self.scale = scale
+
+    @property
+    def active(self) -> bool:
+        """Whether the unfused forward contributes (not fused, scale not 0)."""
+        return not self.fused and self.scale != 0
+
+    def extra_repr(self) -> str:
+        return f"{self.algorithm}, scale={self.scale:g}" + (", fused" if self.fused else "")
+
+
+def scalar_alpha(key: str, alpha: torch.Tensor | float | None) -> float | None:
+    """A file's ``alpha`` as a float, or a :class:`LoraError` naming ``key`` (not a scalar, NaN, inf)."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1:
+            raise LoraError(f"{key} must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
+        alpha = float(alpha.item())
+    value = float(alpha)
+    if not math.isfinite(value):
+        raise LoraError(f"{key} is {value}: alpha must be a finite number")
+    return value
+
+
+def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Raise a :class:`LoraError` naming every key whose tensor holds NaN or infinite values."""
+    bad = [key for key, tensor in tensors.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+    if bad:
+        raise LoraError(f"NaN or infinite values in LoRA weights: {', '.join(sorted(bad))}")
+
+
+def reshape_to(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """``tensor`` viewed as ``shape``, or a :class:`LoraError` saying ``what`` does not fit."""
+    if tensor.numel() != math.prod(shape):
+        raise LoraError(f"{what} of shape {tuple(tensor.shape)} does not fit a weight of shape {shape}")
+    return tensor.reshape(shape)

@@ -1,0 +1,75 @@
+"""LoKr: a Kronecker product ``kron(w1, w2)``, each factor whole or low-rank (``_a @ _b``).
+
+``w1`` is ``lokr_w1`` or ``lokr_w1_a @ lokr_w1_b``; ``w2`` is ``lokr_w2``, ``lokr_w2_a @ lokr_w2_b``
+(a convolution's ``lokr_w2_b`` may be stored flat, ``(rank, in * kh * kw)``) or, with a Tucker core
+``lokr_t2``, the core contracted with ``lokr_w2_a`` and ``lokr_w2_b``. The ``alpha / rank`` scale
+applies only when a factor is decomposed (the rank is that factor's); two whole factors use 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from refiners_lora.deltas.base import WeightDelta, reshape_to
+from refiners_lora.errors import LoraError
+
+
+class LokrDelta(WeightDelta):
+    """LoKr of one layer (LyCORIS ``lokr_*`` keys, PEFT LoKr)."""
+
+    algorithm = "lokr"
+
+    def __init__(
+        self, target: nn.Module, tensors: dict[str, torch.Tensor], alpha: float | None, scale: float = 1.0
+    ) -> None:
+        super().__init__(target, scale)
+        has = set(tensors)
+        if not ("lokr_w1" in has or {"lokr_w1_a", "lokr_w1_b"} <= has):
+            raise LoraError("LoKr needs lokr_w1 or both lokr_w1_a and lokr_w1_b")
+        if not ("lokr_w2" in has or {"lokr_w2_a", "lokr_w2_b"} <= has):
+            raise LoraError("LoKr needs lokr_w2 or both lokr_w2_a and lokr_w2_b")
+        like = self.target.weight
+        for name, tensor in tensors.items():
+            self.register_parameter(name, nn.Parameter(tensor.to(device=like.device, dtype=like.dtype)))
+        rank: int | None = None
+        if "lokr_w1" not in has:
+            rank = int(tensors["lokr_w1_b"].shape[0])
+        elif "lokr_w2" not in has:
+            rank = int(tensors["lokr_w2_b"].shape[0])
+        if rank == 0:
+            raise LoraError("LoKr rank must be positive, got 0")
+        self.rank = rank
+        self.alpha = alpha
+        self.factor = 1.0 if rank is None or not alpha else alpha / rank
+        self.delta(like)
+
+    def _w2(self, p: Mapping[str, torch.Tensor], weight: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+        if "lokr_w2" in p:
+            return p["lokr_w2"]
+        if "lokr_t2" in p:
+            return torch.einsum("i j ..., i o, j c -> o c ...", p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+        w2 = p["lokr_w2_a"] @ p["lokr_w2_b"].flatten(1)
+        if weight.dim() == 4 and w1.dim() == 2:
+            # (out2, in2 * kh * kw) -> (out2, in2, kh, kw) so the kernel stays out of the Kronecker product
+            w2 = w2.reshape(w2.shape[0], -1, *weight.shape[2:])
+        return w2
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        """``kron(w1, w2) * scale`` shaped like ``weight``."""
+        p = dict(self.named_parameters(recurse=False))
+        w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+        w2 = self._w2(p, weight, w1)
+        while w1.dim() < w2.dim():
+            w1 = w1.unsqueeze(-1)
+        product = torch.kron(w1, w2.contiguous()) * self.factor
+        return reshape_to(product, tuple(weight.shape), "LoKr delta").to(weight.dtype)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``lokr_*`` tensors and ``alpha`` (when the file had one)."""
+        state = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        if self.alpha is not None:
+            state["alpha"] = torch.tensor(self.alpha)
+        return state

@@ -1,0 +1,74 @@
+"""OFT: a block-diagonal orthogonal rotation of the weight's output channels.
+
+Each block ``Q`` (``oft_blocks``, ``(blocks, size, size)``) gives the skew-symmetric ``S = Q - Q^T``
+and the Cayley rotation ``R = (I + S)(I - S)^-1``; when ``alpha`` (the constraint) is positive, ``S`` is
+scaled down to norm ``alpha * out`` when above it. ``W' = R^T W`` blockwise, times ``rescale`` per
+output channel when given. At user scale ``s`` the change is ``s * (W' - W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from refiners_lora.deltas.base import WeightDelta
+from refiners_lora.errors import LoraError
+
+
+class OftDelta(WeightDelta):
+    """OFT of one layer (LyCORIS ``oft_blocks`` + ``rescale``)."""
+
+    algorithm = "oft"
+
+    def __init__(
+        self,
+        target: nn.Module,
+        blocks: torch.Tensor,
+        rescale: torch.Tensor | None,
+        alpha: float | None,
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__(target, scale)
+        shape = tuple(self.target.weight.shape)
+        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2] or blocks.shape[0] * blocks.shape[1] != shape[0]:
+            raise LoraError(f"oft_blocks of shape {tuple(blocks.shape)} does not fit a weight of shape {shape}")
+        like = self.target.weight
+        self.oft_blocks = nn.Parameter(blocks.to(like))
+        self.rescale_weight: nn.Parameter | None = None
+        if rescale is not None:
+            if rescale.numel() != shape[0]:
+                raise LoraError(f"rescale of shape {tuple(rescale.shape)} does not fit {shape[0]} output channels")
+            self.__dict__["_rescale_shape"] = tuple(rescale.shape)
+            self.rescale_weight = nn.Parameter(rescale.reshape(shape[0], *[1] * (len(shape) - 1)).to(like))
+        self.alpha = float(alpha or 0.0)
+
+    def rotation(self) -> torch.Tensor:
+        """The block rotations ``R``, ``(blocks, size, size)``."""
+        blocks = self.oft_blocks
+        skew = blocks - blocks.transpose(1, 2)
+        constraint = self.alpha * self.target.weight.shape[0]
+        if constraint > 0:
+            norm = torch.norm(skew) + 1e-8
+            if norm > constraint:
+                skew = skew * constraint / norm
+        identity = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
+        return (identity + skew) @ (identity - skew).float().inverse().to(blocks.dtype)
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        """``rescale * R^T W - W`` blockwise."""
+        count, size, _ = self.oft_blocks.shape
+        identity = torch.eye(size, device=weight.device, dtype=weight.dtype)
+        grouped = weight.reshape(count, size, *weight.shape[1:])
+        change = torch.einsum("k n m, k n ... -> k m ...", self.rotation().to(weight.dtype) - identity, grouped)
+        change = change.reshape(weight.shape)
+        if self.rescale_weight is not None:
+            rescale = self.rescale_weight.to(weight.dtype)
+            change = rescale * change + (rescale - 1) * weight
+        return change
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``oft_blocks``, ``alpha`` (and ``rescale``)."""
+        state = {"oft_blocks": self.oft_blocks.detach(), "alpha": torch.tensor(self.alpha)}
+        if self.rescale_weight is not None:
+            state["rescale"] = self.rescale_weight.detach().reshape(self.__dict__["_rescale_shape"])
+        return state

@@ -1,0 +1,308 @@
+"""refiners-lora: every LyCORIS algorithm (LoCon + Tucker, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
+GLoRA) and PEFT's LoHa, LoKr and DoRA against their reference implementations on tiny SD1.5 and
+SDXL UNets: unfused, fused, rescaled and removed.
+
+The lycoris-lora modules are applied to the diffusers UNet (their forward is the reference) and
+their own state dicts are written with LyCORIS key names (``lycoris_<module>.<suffix>``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from refiners_lora import LoraError, LoraManager
+from test_lora import assert_same, snapshot
+from torch import nn
+
+ATOL = 1e-4
+os.environ.setdefault("LYCORIS_KERNEL_BACKEND", "torch")  # the plain torch reference, no kernel probing
+# kinds of layers each file targets: 3x3 and 1x1 convolutions, attention and feed-forward linears
+TARGET_SUFFIXES = (
+    "down_blocks.0.resnets.0.conv1",
+    "down_blocks.1.resnets.0.conv_shortcut",
+    "attn1.to_q",
+    "attn2.to_v",
+    "ff.net.2",
+    "proj_in",
+    "time_embedding.linear_1",
+    "conv_in",
+)
+# scale-linear algorithms: lycoris' multiplier is ours
+LINEAR_IN_SCALE = {"locon", "locon_tucker", "loha", "loha_tucker", "lokr", "lokr_tucker", "lokr_whole"}
+LINEAR_IN_SCALE |= {"full", "ia3", "ia3_input", "glora"}
+
+
+def lycoris_cases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (lycoris module class name, its keyword arguments)."""
+    low_rank = {"lora_dim": 4, "alpha": 2}
+    return {
+        "locon": ("LoConModule", low_rank),
+        "locon_tucker": ("LoConModule", {**low_rank, "use_tucker": True}),
+        "loha": ("LohaModule", low_rank),
+        "loha_tucker": ("LohaModule", {**low_rank, "use_tucker": True}),
+        "lokr": ("LokrModule", {**low_rank, "factor": 4, "decompose_both": True}),
+        "lokr_tucker": ("LokrModule", {**low_rank, "factor": 4, "use_tucker": True}),
+        "lokr_whole": ("LokrModule", {"lora_dim": 4, "alpha": 3, "factor": 4, "full_matrix": True}),
+        "dora_output": ("LoConModule", {**low_rank, "weight_decompose": True}),
+        "dora_input": ("LoConModule", {**low_rank, "weight_decompose": True, "wd_on_out": False}),
+        "doha": ("LohaModule", {**low_rank, "weight_decompose": True}),
+        "dokr": ("LokrModule", {**low_rank, "factor": 4, "decompose_both": True, "weight_decompose": True}),
+        "full": ("FullModule", {}),
+        "ia3": ("IA3Module", {}),
+        "ia3_input": ("IA3Module", {"train_on_input": True}),
+        "oft": ("DiagOFTModule", {"lora_dim": 4, "constraint": 0, "rescaled": True}),
+        "glora": ("GLoRAModule", low_rank),
+    }
+
+
+@torch.no_grad()
+def _randomize(module: nn.Module, generator: torch.Generator) -> None:
+    for name, parameter in module.named_parameters():
+        noise = torch.randn(parameter.shape, generator=generator)
+        if name == "dora_scale" or name == "rescale":
+            parameter.mul_(1 + 0.1 * noise)
+        elif type(module).__name__ == "FullModule":
+            parameter.add_(0.05 * noise)
+        elif name == "oft_blocks":
+            parameter.copy_(0.05 * noise)
+        else:
+            parameter.copy_(0.2 * noise)
+
+
+class LycorisCase:
+    """A tiny diffusers UNet, its refiners twin, and lycoris references for one file's modules."""
+
+    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+        import refiners_sd
+        from sd_fixtures import make_tiny_unet, run_diffusers
+
+        tiny = make_tiny_unet(directory, config, batch=1, height=8, width=8)
+        self.thorough = not config.get("addition_embed_type")  # rescaling is checked on SD1.5 only (time)
+        self.model, self.inputs = tiny.model, tiny.inputs
+        self.base = run_diffusers(self.model, self.inputs)
+        self.unet = refiners_sd.load_unet(tiny.path)
+        self.targets = sorted(
+            name
+            for name, module in self.model.named_modules()
+            if name.endswith(TARGET_SUFFIXES) and isinstance(module, nn.Linear | nn.Conv2d)
+        )
+        self.config = config
+
+    def reference(
+        self, plan: dict[str, tuple[str, dict[str, Any]]], seed: int = 0
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Apply lycoris modules (``plan``: module name -> (class, kwargs)); return their state dict in
+        LyCORIS key names, the output at multiplier 1 and at multiplier 0.5."""
+        import lycoris.modules as modules
+        from sd_fixtures import run_diffusers
+
+        generator = torch.Generator().manual_seed(seed)
+        applied = []
+        state: dict[str, torch.Tensor] = {}
+        for name, (class_name, kwargs) in plan.items():
+            lora_name = f"lycoris_{name.replace('.', '_')}"
+            module = getattr(modules, class_name)(lora_name, self.model.get_submodule(name), 1.0, **kwargs)
+            _randomize(module, generator)
+            module.apply_to()
+            applied.append(module)
+            state.update({f"{lora_name}.{key}": value.detach().clone() for key, value in module.state_dict().items()})
+        try:
+            full = run_diffusers(self.model, self.inputs)
+            half = full
+            if self.thorough:
+                for module in applied:
+                    module.multiplier = 0.5
+                half = run_diffusers(self.model, self.inputs)
+        finally:
+            for module in reversed(applied):
+                module.restore()
+        return state, full, half
+
+    def ours(self) -> torch.Tensor:
+        from sd_fixtures import run_refiners
+
+        return run_refiners(self.unet, self.inputs)
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LycorisCase:
+    pytest.importorskip("lycoris")
+    from sd_fixtures import TINY_SD15, TINY_SDXL
+
+    config = {"sd15": TINY_SD15, "sdxl": TINY_SDXL}[request.param]
+    return LycorisCase(tmp_path_factory.mktemp(request.param), config)
+
+
+def _check_file(
+    case: LycorisCase, state: dict[str, torch.Tensor], full: torch.Tensor, half: torch.Tensor | None
+) -> dict[str, float]:
+    """Load ``state``, compare unfused / fused / rescaled / removed; return the max errors."""
+    before = snapshot(case.unet)
+    manager = LoraManager(case.unet)
+    errors: dict[str, float] = {}
+    try:
+        manager.add("file", state)
+        assert len(manager.layers_of("file")) == len({key.split(".")[0] for key in state})
+        assert (full - case.base).abs().max() > 1e-3  # the file does change the output
+        out = case.ours()
+        errors["unfused"] = float((out - full).abs().max())
+        torch.testing.assert_close(out, full, atol=ATOL, rtol=0)
+        manager.fuse()
+        out = case.ours()
+        errors["fused"] = float((out - full).abs().max())
+        torch.testing.assert_close(out, full, atol=ATOL, rtol=0)
+        if not case.thorough:
+            return errors
+        manager.set_scale("file", 0.5)
+        fused_half = case.ours()
+        manager.unfuse()
+        unfused_half = case.ours()
+        torch.testing.assert_close(fused_half, unfused_half, atol=ATOL, rtol=0)
+        if half is not None:
+            errors["rescaled"] = float((unfused_half - half).abs().max())
+            torch.testing.assert_close(unfused_half, half, atol=ATOL, rtol=0)
+        manager.set_scale("file", 0.0)
+        torch.testing.assert_close(case.ours(), case.base, atol=ATOL, rtol=0)
+        manager.set_scale("file", 1.0)
+    finally:
+        manager.remove_all()
+    assert_same(case.unet, before)  # removed: bit-exact (unfused before removal)
+    return errors
+
+
+@pytest.mark.parametrize("algorithm", list(lycoris_cases()))
+def test_lycoris_parity(case: LycorisCase, algorithm: str) -> None:
+    class_name, kwargs = lycoris_cases()[algorithm]
+    state, full, half = case.reference({name: (class_name, kwargs) for name in case.targets})
+    _check_file(case, state, full, half if algorithm in LINEAR_IN_SCALE else None)
+
+
+def test_lycoris_mixed_file(case: LycorisCase) -> None:
+    if not case.thorough:
+        pytest.skip("format-level check: SD1.5 is enough")
+    cases = list(lycoris_cases().values())
+    plan = {name: cases[index % len(cases)] for index, name in enumerate(case.targets)}
+    state, full, _ = case.reference(plan, seed=1)
+    assert len({key.split(".", 1)[1].split(".")[0] for key in state}) > 5
+    _check_file(case, state, full, None)
+
+
+def test_kohya_dora_scale_scales_from_the_base_model(case: LycorisCase) -> None:
+    if not case.thorough:
+        pytest.skip("format-level check: SD1.5 is enough")
+    # kohya / LyCORIS DoRA at strength s: W + s * (W_dora - W), so the output at 0.5 lies between
+    # the base and the full DoRA only through W; check the weight itself
+    plan = {case.targets[0]: ("LoConModule", {"lora_dim": 4, "alpha": 2, "weight_decompose": True})}
+    state, _, _ = case.reference(plan, seed=2)
+    manager = LoraManager(case.unet)
+    try:
+        manager.add("dora", state)
+        (delta,) = manager.layers_of("dora").values()
+        weight = delta.target.weight.detach().clone()
+        torch.testing.assert_close(delta.delta_at(weight, 0.5), 0.5 * delta.delta_at(weight, 1.0))
+    finally:
+        manager.remove_all()
+
+
+def test_algorithm_not_implemented_and_mixed_keys_are_listed(case: LycorisCase) -> None:
+    if not case.thorough:
+        pytest.skip("format-level check: SD1.5 is enough")
+    before = snapshot(case.unet)
+    name = f"lycoris_{case.targets[0].replace('.', '_')}"
+    manager = LoraManager(case.unet)
+    with pytest.raises(LoraError, match=f"{name}.oft_blocks.*boft algorithm is not implemented"):
+        manager.add("x", {f"{name}.oft_blocks": torch.zeros(2, 2, 4, 4)})
+    with pytest.raises(LoraError, match=f"mixing algorithms.*{name}.hada_w1_a"):
+        manager.add("x", {f"{name}.hada_w1_a": torch.zeros(4, 2), f"{name}.lokr_w1": torch.zeros(2, 2)})
+    with pytest.raises(LoraError, match=f"{name}.*NaN or infinite"):
+        state, _, _ = case.reference({case.targets[0]: ("LohaModule", {"lora_dim": 2, "alpha": 1})})
+        state[f"{name}.hada_w1_a"][0, 0] = float("nan")
+        manager.add("x", state)
+    with pytest.raises(LoraError, match=f"{name}.alpha must be a scalar"):
+        manager.add("x", {**state, f"{name}.hada_w1_a": torch.zeros(state[f"{name}.hada_w1_a"].shape),
+                          f"{name}.alpha": torch.ones(2)})  # fmt: skip
+    assert_same(case.unet, before)
+
+
+# ---- PEFT LoHa, LoKr and DoRA ------------------------------------------------------------------
+
+
+def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.Tensor]:
+    import json
+
+    from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from sd_fixtures import run_diffusers
+
+    model = inject_adapter_in_model(config, copy.deepcopy(case.model))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if any(part in name for part in ("hada_", "lokr_", "lora_A", "lora_B")):
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+            elif "lora_magnitude_vector" in name:
+                parameter.mul_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+    expected = run_diffusers(model, case.inputs)
+    state = get_peft_model_state_dict(model)
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module._disable_adapters = True
+    metadata = {"lora_adapter_metadata": json.dumps(config.to_dict(), default=sorted)}
+    save_file({f"unet.{key}": value.contiguous() for key, value in state.items()}, path, metadata=metadata)
+    return path, expected
+
+
+def _peft_config(kind: str, targets: list[str]) -> Any:
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    if kind == "loha":
+        return LoHaConfig(r=4, alpha=2, target_modules=targets, init_weights=False)
+    if kind == "loha_tucker":
+        return LoHaConfig(r=4, alpha=2, target_modules=targets, use_effective_conv2d=True, init_weights=False)
+    if kind == "lokr":
+        return LoKrConfig(r=4, alpha=2, target_modules=targets, decompose_both=True, init_weights=False)
+    return LoraConfig(r=4, lora_alpha=2, target_modules=targets, use_dora=True, init_lora_weights=False)
+
+
+@pytest.mark.parametrize("kind", ["loha", "loha_tucker", "lokr", "dora"])
+def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path) -> None:
+    path, expected = _peft_file(case, _peft_config(kind, case.targets), tmp_path / f"{kind}.safetensors")
+    before = snapshot(case.unet)
+    manager = LoraManager(case.unet)
+    try:
+        manager.add(kind, path)
+        assert len(manager.layers_of(kind)) == len(case.targets)
+        torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
+        manager.fuse()
+        torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
+        if kind != "dora":  # PEFT DoRA at scale 0 keeps its magnitude: m * W / ||W||, not W
+            manager.set_scale(kind, 0.0)
+            torch.testing.assert_close(case.ours(), case.base, atol=ATOL, rtol=0)
+        manager.unfuse()
+    finally:
+        manager.remove_all()
+    assert_same(case.unet, before)
+
+
+def test_saved_lycoris_file_reloads_the_same(case: LycorisCase, tmp_path: Path) -> None:
+    if not case.thorough:
+        pytest.skip("format-level check: SD1.5 is enough")
+    cases = list(lycoris_cases().values())
+    plan = {name: cases[(index + 3) % len(cases)] for index, name in enumerate(case.targets)}
+    state, full, _ = case.reference(plan, seed=3)
+    manager = LoraManager(case.unet)
+    try:
+        manager.add("a", state)
+        path = manager.save("a", tmp_path / "saved.safetensors")
+        manager.remove("a")
+        manager.add("b", path)
+        torch.testing.assert_close(case.ours(), full, atol=ATOL, rtol=0)
+    finally:
+        manager.remove_all()
