@@ -1,5 +1,5 @@
 """refiners-lora: every LyCORIS algorithm (LoCon + Tucker, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
-GLoRA) and PEFT's LoHa, LoKr and DoRA against their reference implementations on tiny SD1.5 and
+BOFT, GLoRA) and PEFT's LoHa, LoKr and DoRA against their reference implementations on tiny SD1.5 and
 SDXL UNets: unfused, fused, rescaled and removed.
 
 The lycoris-lora modules are applied to the diffusers UNet (their forward is the reference) and
@@ -35,6 +35,8 @@ TARGET_SUFFIXES = (
 # scale-linear algorithms: lycoris' multiplier is ours
 LINEAR_IN_SCALE = {"locon", "locon_tucker", "loha", "loha_tucker", "lokr", "lokr_tucker", "lokr_whole"}
 LINEAR_IN_SCALE |= {"full", "ia3", "ia3_input", "glora"}
+# lycoris' multiplier moves each BOFT stage toward the identity and leaves `rescale` at full strength;
+# refiners scales the whole change, s * (W' - W), as for OFT: only scale 1 is compared
 
 
 def lycoris_cases() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -57,6 +59,8 @@ def lycoris_cases() -> dict[str, tuple[str, dict[str, Any]]]:
         "ia3_input": ("IA3Module", {"train_on_input": True}),
         "oft": ("DiagOFTModule", {"lora_dim": 4, "constraint": 0, "rescaled": True}),
         "glora": ("GLoRAModule", low_rank),
+        "boft": ("ButterflyOFTModule", {"lora_dim": 4, "constraint": 0, "rescaled": True}),
+        "boft_constrained": ("ButterflyOFTModule", {"lora_dim": 2, "constraint": 1e-4}),
     }
 
 
@@ -215,8 +219,8 @@ def test_algorithm_not_implemented_and_mixed_keys_are_listed(case: LycorisCase) 
     before = snapshot(case.unet)
     name = f"lycoris_{case.targets[0].replace('.', '_')}"
     manager = LoraManager(case.unet)
-    with pytest.raises(LoraError, match=f"{name}.oft_blocks.*boft algorithm is not implemented"):
-        manager.add("x", {f"{name}.oft_blocks": torch.zeros(2, 2, 4, 4)})
+    with pytest.raises(LoraError, match=f"{name}.w_norm.*norm algorithm is not implemented"):
+        manager.add("x", {f"{name}.w_norm": torch.zeros(4)})
     with pytest.raises(LoraError, match=f"mixing algorithms.*{name}.hada_w1_a"):
         manager.add("x", {f"{name}.hada_w1_a": torch.zeros(4, 2), f"{name}.lokr_w1": torch.zeros(2, 2)})
     with pytest.raises(LoraError, match=f"{name}.*NaN or infinite"):

@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "FullDelta": "refiners_lora.deltas.full",
     "Ia3Delta": "refiners_lora.deltas.ia3",
     "OftDelta": "refiners_lora.deltas.oft",
+    "BoftDelta": "refiners_lora.deltas.boft",
     "GloraDelta": "refiners_lora.deltas.glora",
     "build_delta": "refiners_lora.deltas.build",
     "DeltaWeights": "refiners_lora.formats.common",
@@ -51,6 +52,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 if TYPE_CHECKING:
     from refiners_lora.adapter import LoraAdapter
     from refiners_lora.deltas.base import WeightDelta
+    from refiners_lora.deltas.boft import BoftDelta
     from refiners_lora.deltas.build import build_delta
     from refiners_lora.deltas.dora import DoraDelta
     from refiners_lora.deltas.full import FullDelta

@@ -1,7 +1,7 @@
 """The weight-delta contract every LoRA algorithm implements.
 
 A delta changes one target layer's weight ``W`` (a Linear or a Conv2d) into ``W + delta_at(W, s)``
-where ``s`` is the user's scale. Each algorithm (LoRA, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
+where ``s`` is the user's scale. Each algorithm (LoRA, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT, BOFT,
 GLoRA) is a small module behind :class:`WeightDelta`: it says what its delta is, how to apply it to
 an input without touching ``W`` (the unfused "bypass" forward), how to fuse it into ``W`` and take
 it back out, how to change its scale, and which tensors it saves under which file key names.

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from refiners_lora.deltas.base import WeightDelta, check_tensors
+from refiners_lora.deltas.boft import BoftDelta
 from refiners_lora.deltas.dora import DoraDelta
 from refiners_lora.deltas.full import FullDelta
 from refiners_lora.deltas.glora import GloraDelta
@@ -17,7 +18,7 @@ from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import DeltaWeights, LoraWeights
 from refiners_lora.layers import lora_from_weights
 
-IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "glora")
+IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora")
 MAGNITUDES = ("dora_scale", "lora_magnitude_vector")
 
 
@@ -50,6 +51,10 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
         if "oft_blocks" not in tensors:
             raise LoraError("OFT needs oft_blocks")
         return OftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
+    if algorithm == "boft":
+        if "oft_blocks" not in tensors:
+            raise LoraError("BOFT needs oft_blocks")
+        return BoftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
     if algorithm == "glora":
         return GloraDelta(target, tensors, entry.alpha, scale)
     raise LoraError(f"the {algorithm} algorithm is not implemented (implemented: {', '.join(IMPLEMENTED)})")
