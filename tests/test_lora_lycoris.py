@@ -1,5 +1,5 @@
 """refiners-lora: every LyCORIS algorithm (LoCon + Tucker, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
-BOFT, GLoRA) and PEFT's LoHa, LoKr and DoRA against their reference implementations on tiny SD1.5 and
+BOFT, GLoRA, norm) and PEFT's LoHa, LoKr and DoRA against their reference implementations on tiny SD1.5 and
 SDXL UNets: unfused, fused, rescaled and removed.
 
 The lycoris-lora modules are applied to the diffusers UNet (their forward is the reference) and
@@ -186,6 +186,22 @@ def test_lycoris_parity(case: LycorisCase, algorithm: str) -> None:
     _check_file(case, state, full, half if algorithm in LINEAR_IN_SCALE else None)
 
 
+NORM_SUFFIXES = ("resnets.0.norm1", "attentions.0.norm", "transformer_blocks.0.norm2", "conv_norm_out")
+
+
+def test_lycoris_norm(case: LycorisCase) -> None:
+    # LyCORIS w_norm / b_norm on GroupNorm (resnets, attention blocks, output) and LayerNorm layers
+    norms = sorted(
+        name
+        for name, module in case.model.named_modules()
+        if name.endswith(NORM_SUFFIXES) and isinstance(module, nn.GroupNorm | nn.LayerNorm)
+    )
+    assert {type(case.model.get_submodule(name)) for name in norms} == {nn.GroupNorm, nn.LayerNorm}
+    state, full, half = case.reference({name: ("NormModule", {}) for name in norms})
+    assert any(key.endswith(".b_norm") for key in state)
+    _check_file(case, state, full, half)
+
+
 def test_lycoris_mixed_file(case: LycorisCase) -> None:
     if not case.thorough:
         pytest.skip("format-level check: SD1.5 is enough")
@@ -213,13 +229,13 @@ def test_kohya_dora_scale_scales_from_the_base_model(case: LycorisCase) -> None:
         manager.remove_all()
 
 
-def test_algorithm_not_implemented_and_mixed_keys_are_listed(case: LycorisCase) -> None:
+def test_wrong_layer_kind_and_mixed_keys_are_listed(case: LycorisCase) -> None:
     if not case.thorough:
         pytest.skip("format-level check: SD1.5 is enough")
     before = snapshot(case.unet)
     name = f"lycoris_{case.targets[0].replace('.', '_')}"
     manager = LoraManager(case.unet)
-    with pytest.raises(LoraError, match=f"{name}.w_norm.*norm algorithm is not implemented"):
+    with pytest.raises(LoraError, match=f"{name}.*norm targets must be GroupNorm or LayerNorm"):
         manager.add("x", {f"{name}.w_norm": torch.zeros(4)})
     with pytest.raises(LoraError, match=f"mixing algorithms.*{name}.hada_w1_a"):
         manager.add("x", {f"{name}.hada_w1_a": torch.zeros(4, 2), f"{name}.lokr_w1": torch.zeros(2, 2)})

@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "Ia3Delta": "refiners_lora.deltas.ia3",
     "OftDelta": "refiners_lora.deltas.oft",
     "BoftDelta": "refiners_lora.deltas.boft",
+    "NormDelta": "refiners_lora.deltas.norm",
     "GloraDelta": "refiners_lora.deltas.glora",
     "build_delta": "refiners_lora.deltas.build",
     "DeltaWeights": "refiners_lora.formats.common",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from refiners_lora.deltas.ia3 import Ia3Delta
     from refiners_lora.deltas.loha import LohaDelta
     from refiners_lora.deltas.lokr import LokrDelta
+    from refiners_lora.deltas.norm import NormDelta
     from refiners_lora.deltas.oft import OftDelta
     from refiners_lora.errors import LoraError
     from refiners_lora.formats import detect_format, parse_lora

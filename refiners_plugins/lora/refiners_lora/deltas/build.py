@@ -13,12 +13,13 @@ from refiners_lora.deltas.glora import GloraDelta
 from refiners_lora.deltas.ia3 import Ia3Delta
 from refiners_lora.deltas.loha import LohaDelta
 from refiners_lora.deltas.lokr import LokrDelta
+from refiners_lora.deltas.norm import NormDelta
 from refiners_lora.deltas.oft import OftDelta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import DeltaWeights, LoraWeights
 from refiners_lora.layers import lora_from_weights
 
-IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora")
+IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora", "norm")
 MAGNITUDES = ("dora_scale", "lora_magnitude_vector")
 
 
@@ -55,6 +56,10 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
         if "oft_blocks" not in tensors:
             raise LoraError("BOFT needs oft_blocks")
         return BoftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
+    if algorithm == "norm":
+        if "w_norm" not in tensors:
+            raise LoraError("a norm delta needs w_norm")
+        return NormDelta(target, tensors["w_norm"], tensors.get("b_norm"), scale)
     if algorithm == "glora":
         return GloraDelta(target, tensors, entry.alpha, scale)
     raise LoraError(f"the {algorithm} algorithm is not implemented (implemented: {', '.join(IMPLEMENTED)})")
