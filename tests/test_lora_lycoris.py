@@ -1,5 +1,5 @@
 """refiners-lora: every LyCORIS algorithm (LoCon + Tucker, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
-BOFT, GLoRA, norm) and PEFT's LoHa, LoKr and DoRA against their reference implementations on tiny SD1.5 and
+BOFT, GLoRA, norm) and PEFT's LoHa, LoKr, DoRA and OFT against their reference implementations on tiny SD1.5 and
 SDXL UNets: unfused, fused, rescaled and removed.
 
 The lycoris-lora modules are applied to the diffusers UNet (their forward is the reference) and
@@ -249,7 +249,7 @@ def test_wrong_layer_kind_and_mixed_keys_are_listed(case: LycorisCase) -> None:
     assert_same(case.unet, before)
 
 
-# ---- PEFT LoHa, LoKr and DoRA ------------------------------------------------------------------
+# ---- PEFT LoHa, LoKr, DoRA and OFT ------------------------------------------------------------------
 
 
 def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.Tensor]:
@@ -265,7 +265,7 @@ def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if any(part in name for part in ("hada_", "lokr_", "lora_A", "lora_B")):
+            if any(part in name for part in ("hada_", "lokr_", "lora_A", "lora_B", "oft_R")):
                 parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
             elif "lora_magnitude_vector" in name:
                 parameter.mul_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
@@ -280,25 +280,39 @@ def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.
 
 
 def _peft_config(kind: str, targets: list[str]) -> Any:
-    from peft import LoHaConfig, LoKrConfig, LoraConfig
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
     if kind == "loha":
         return LoHaConfig(r=4, alpha=2, target_modules=targets, init_weights=False)
     if kind == "loha_tucker":
         return LoHaConfig(r=4, alpha=2, target_modules=targets, use_effective_conv2d=True, init_weights=False)
+    if kind == "oft":
+        return OFTConfig(r=0, oft_block_size=4, target_modules=targets, init_weights=False)
+    if kind == "oft_cayley":
+        return OFTConfig(r=0, oft_block_size=4, target_modules=targets, use_cayley_neumann=False, init_weights=False)
     if kind == "lokr":
         return LoKrConfig(r=4, alpha=2, target_modules=targets, decompose_both=True, init_weights=False)
     return LoraConfig(r=4, lora_alpha=2, target_modules=targets, use_dora=True, init_lora_weights=False)
 
 
-@pytest.mark.parametrize("kind", ["loha", "loha_tucker", "lokr", "dora"])
+def _peft_targets(case: LycorisCase, kind: str) -> list[str]:
+    if not kind.startswith("oft"):
+        return case.targets
+    # PEFT's unmerged OFT of a kxk convolution rotates overlapping input patches, which its own merged
+    # weight does not reproduce; refiners follows the merged weight, so only linears and 1x1 convs here
+    return [name for name in case.targets if getattr(case.model.get_submodule(name), "kernel_size", (1, 1)) == (1, 1)]
+
+
+@pytest.mark.parametrize("kind", ["loha", "loha_tucker", "lokr", "dora", "oft", "oft_cayley"])
 def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path) -> None:
-    path, expected = _peft_file(case, _peft_config(kind, case.targets), tmp_path / f"{kind}.safetensors")
+    targets = _peft_targets(case, kind)
+    path, expected = _peft_file(case, _peft_config(kind, targets), tmp_path / f"{kind}.safetensors")
     before = snapshot(case.unet)
     manager = LoraManager(case.unet)
     try:
         manager.add(kind, path)
-        assert len(manager.layers_of(kind)) == len(case.targets)
+        assert len(manager.layers_of(kind)) == len(targets)
+        assert (expected - case.base).abs().max() > 1e-3  # the file does change the output
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
         manager.fuse()
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)

@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "FullDelta": "refiners_lora.deltas.full",
     "Ia3Delta": "refiners_lora.deltas.ia3",
     "OftDelta": "refiners_lora.deltas.oft",
+    "PeftOftDelta": "refiners_lora.deltas.peft_oft",
     "BoftDelta": "refiners_lora.deltas.boft",
     "NormDelta": "refiners_lora.deltas.norm",
     "GloraDelta": "refiners_lora.deltas.glora",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from refiners_lora.deltas.lokr import LokrDelta
     from refiners_lora.deltas.norm import NormDelta
     from refiners_lora.deltas.oft import OftDelta
+    from refiners_lora.deltas.peft_oft import PeftOftDelta
     from refiners_lora.errors import LoraError
     from refiners_lora.formats import detect_format, parse_lora
     from refiners_lora.formats.common import DeltaWeights, LoraWeights, ParsedLora

@@ -15,11 +15,12 @@ from refiners_lora.deltas.loha import LohaDelta
 from refiners_lora.deltas.lokr import LokrDelta
 from refiners_lora.deltas.norm import NormDelta
 from refiners_lora.deltas.oft import OftDelta
+from refiners_lora.deltas.peft_oft import PeftOftDelta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import DeltaWeights, LoraWeights
 from refiners_lora.layers import lora_from_weights
 
-IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora", "norm")
+IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora", "norm", "peft_oft")
 MAGNITUDES = ("dora_scale", "lora_magnitude_vector")
 
 
@@ -56,6 +57,8 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
         if "oft_blocks" not in tensors:
             raise LoraError("BOFT needs oft_blocks")
         return BoftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
+    if algorithm == "peft_oft":
+        return PeftOftDelta(target, tensors["oft_R"], entry.neumann_terms, scale)
     if algorithm == "norm":
         if "w_norm" not in tensors:
             raise LoraError("a norm delta needs w_norm")
