@@ -32,6 +32,9 @@ _LAZY: dict[str, str] = {
     "FullDelta": "refiners_lora.deltas.full",
     "Ia3Delta": "refiners_lora.deltas.ia3",
     "OftDelta": "refiners_lora.deltas.oft",
+    "PeftOftDelta": "refiners_lora.deltas.peft_oft",
+    "BoftDelta": "refiners_lora.deltas.boft",
+    "NormDelta": "refiners_lora.deltas.norm",
     "GloraDelta": "refiners_lora.deltas.glora",
     "build_delta": "refiners_lora.deltas.build",
     "DeltaWeights": "refiners_lora.formats.common",
@@ -51,6 +54,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 if TYPE_CHECKING:
     from refiners_lora.adapter import LoraAdapter
     from refiners_lora.deltas.base import WeightDelta
+    from refiners_lora.deltas.boft import BoftDelta
     from refiners_lora.deltas.build import build_delta
     from refiners_lora.deltas.dora import DoraDelta
     from refiners_lora.deltas.full import FullDelta
@@ -58,7 +62,9 @@ if TYPE_CHECKING:
     from refiners_lora.deltas.ia3 import Ia3Delta
     from refiners_lora.deltas.loha import LohaDelta
     from refiners_lora.deltas.lokr import LokrDelta
+    from refiners_lora.deltas.norm import NormDelta
     from refiners_lora.deltas.oft import OftDelta
+    from refiners_lora.deltas.peft_oft import PeftOftDelta
     from refiners_lora.errors import LoraError
     from refiners_lora.formats import detect_format, parse_lora
     from refiners_lora.formats.common import DeltaWeights, LoraWeights, ParsedLora

@@ -15,7 +15,7 @@ from refiners_lora.layers import Conv2dLora, LinearLora, Lora
 
 
 class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
-    """Takes the place of a Linear or Conv2d layer: ``target(x) + sum(delta(x))`` over its weight deltas
+    """Takes the place of a Linear, Conv2d or norm layer: ``target(x) + sum(delta(x))`` over its weight deltas
     (LoRA, LoHa, LoKr, DoRA...: any :class:`~refiners_lora.deltas.base.WeightDelta`).
 
     Deltas are children named after the LoRA they belong to, so several named LoRAs stack on the same
@@ -23,8 +23,9 @@ class LoraAdapter(rc.Sum, rc.Adapter[nn.Module]):
     """
 
     def __init__(self, target: nn.Module, **loras: WeightDelta) -> None:
-        if not isinstance(target, nn.Linear | nn.Conv2d):
-            raise LoraError(f"LoRA targets must be Linear or Conv2d layers, not {type(target).__name__}")
+        if not isinstance(target, nn.Linear | nn.Conv2d | nn.GroupNorm | nn.LayerNorm):
+            kind = type(target).__name__
+            raise LoraError(f"LoRA targets must be Linear, Conv2d, GroupNorm or LayerNorm layers, not {kind}")
         with self.setup_adapter(target):
             super().__init__(target)
         for name, lora in loras.items():

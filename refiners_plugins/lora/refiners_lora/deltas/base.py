@@ -1,7 +1,7 @@
 """The weight-delta contract every LoRA algorithm implements.
 
 A delta changes one target layer's weight ``W`` (a Linear or a Conv2d) into ``W + delta_at(W, s)``
-where ``s`` is the user's scale. Each algorithm (LoRA, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
+where ``s`` is the user's scale. Each algorithm (LoRA, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT, BOFT,
 GLoRA) is a small module behind :class:`WeightDelta`: it says what its delta is, how to apply it to
 an input without touching ``W`` (the unfused "bypass" forward), how to fuse it into ``W`` and take
 it back out, how to change its scale, and which tensors it saves under which file key names.
@@ -49,6 +49,8 @@ class WeightDelta(rc.Module):
     """
 
     algorithm: ClassVar[str] = "delta"
+    # the layer types this algorithm changes
+    target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
 
     def __init__(self, target: nn.Module | None = None, scale: float = 1.0) -> None:
         super().__init__()
@@ -61,9 +63,11 @@ class WeightDelta(rc.Module):
         self.__dict__["_fused_bias"] = None
 
     def bind(self, target: nn.Module) -> None:
-        """Make ``target`` (a Linear or an ungrouped Conv2d) the layer this delta changes."""
-        if not isinstance(target, nn.Linear | nn.Conv2d):
-            raise LoraError(f"LoRA targets must be Linear or Conv2d layers, not {type(target).__name__}")
+        """Make ``target`` (a Linear or an ungrouped Conv2d; a norm layer for the norm algorithm) the layer
+        this delta changes."""
+        if not isinstance(target, self.target_types):
+            kinds = " or ".join(kind.__name__ for kind in self.target_types)
+            raise LoraError(f"{self.algorithm} targets must be {kinds} layers, not {type(target).__name__}")
         if isinstance(target, nn.Conv2d) and target.groups != 1:
             raise LoraError(f"LoRA of a grouped convolution (groups={target.groups}) is not supported")
         self.__dict__["_target"] = target
@@ -79,7 +83,7 @@ class WeightDelta(rc.Module):
         target = self.__dict__.get("_target")
         if target is None:
             raise LoraError(f"this {self.algorithm} delta is not bound to a target layer yet")
-        return target
+        return target  # type: ignore[no-any-return]  # a norm layer for the norm algorithm
 
     @property
     def is_bound(self) -> bool:

@@ -6,18 +6,21 @@ import torch
 from torch import nn
 
 from refiners_lora.deltas.base import WeightDelta, check_tensors
+from refiners_lora.deltas.boft import BoftDelta
 from refiners_lora.deltas.dora import DoraDelta
 from refiners_lora.deltas.full import FullDelta
 from refiners_lora.deltas.glora import GloraDelta
 from refiners_lora.deltas.ia3 import Ia3Delta
 from refiners_lora.deltas.loha import LohaDelta
 from refiners_lora.deltas.lokr import LokrDelta
+from refiners_lora.deltas.norm import NormDelta
 from refiners_lora.deltas.oft import OftDelta
+from refiners_lora.deltas.peft_oft import PeftOftDelta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import DeltaWeights, LoraWeights
 from refiners_lora.layers import lora_from_weights
 
-IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "glora")
+IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora", "norm", "peft_oft")
 MAGNITUDES = ("dora_scale", "lora_magnitude_vector")
 
 
@@ -50,6 +53,16 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
         if "oft_blocks" not in tensors:
             raise LoraError("OFT needs oft_blocks")
         return OftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
+    if algorithm == "boft":
+        if "oft_blocks" not in tensors:
+            raise LoraError("BOFT needs oft_blocks")
+        return BoftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
+    if algorithm == "peft_oft":
+        return PeftOftDelta(target, tensors["oft_R"], entry.neumann_terms, scale)
+    if algorithm == "norm":
+        if "w_norm" not in tensors:
+            raise LoraError("a norm delta needs w_norm")
+        return NormDelta(target, tensors["w_norm"], tensors.get("b_norm"), scale)
     if algorithm == "glora":
         return GloraDelta(target, tensors, entry.alpha, scale)
     raise LoraError(f"the {algorithm} algorithm is not implemented (implemented: {', '.join(IMPLEMENTED)})")

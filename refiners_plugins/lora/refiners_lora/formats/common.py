@@ -98,7 +98,7 @@ class DeltaWeights:
         component: ``"unet"``, ``"text_encoder"`` or ``"text_encoder_2"``.
         name: the target's module name as written in the file (see :class:`LoraWeights`).
         algorithm: ``lora`` (with a Tucker core or a DoRA magnitude), ``loha``, ``lokr``, ``full``,
-            ``ia3``, ``oft``, ``glora``, or one this package does not implement (``boft``, ``norm``).
+            ``ia3``, ``oft``, ``boft``, ``glora``, ``norm``, ``peft_oft`` (PEFT's OFT).
         tensors: the tensors by key suffix (``hada_w1_a``, ``lora_down.weight``, ``dora_scale``...),
             ``alpha`` excluded.
         alpha: the file's alpha, ``None`` when absent.
@@ -106,6 +106,7 @@ class DeltaWeights:
         underscored: whether ``name`` uses kohya's ``_`` separators.
         convention: ``lycoris`` (kohya / LyCORIS files) or ``peft`` (PEFT adapters: their own scaling).
         rank: the rank a PEFT config gives (``r`` / ``rank_pattern``), used where the tensors do not say.
+        neumann_terms: for PEFT OFT, the terms of the Cayley-Neumann series (``None``: the exact Cayley).
     """
 
     component: str
@@ -117,6 +118,7 @@ class DeltaWeights:
     underscored: bool = False
     convention: str = "lycoris"
     rank: int | None = None
+    neumann_terms: int | None = None
 
 
 # key suffix -> algorithm; a layer's suffixes must all belong to one algorithm (``alpha`` and
