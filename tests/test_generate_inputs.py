@@ -9,9 +9,7 @@ import errno
 from pathlib import Path
 
 import pytest
-
-from refiners_core.cli.app import main
-from refiners_core.plugins import reset_plugin_manager
+from test_cli_bad_inputs import _run
 
 PLUGIN = """
 from refiners_core import BaseModelFamily, hookimpl
@@ -95,15 +93,6 @@ def toy(make_plugin_dist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # t
     (tmp_path / "existing.png").write_bytes(b"old picture")
     monkeypatch.chdir(tmp_path)
     return toy_impl
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    reset_plugin_manager()
-    with pytest.raises(SystemExit) as exited:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.mark.parametrize(("args", "code"), CASES, ids=[" ".join(a) for a, _ in CASES])

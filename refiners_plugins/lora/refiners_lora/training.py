@@ -26,6 +26,7 @@ from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import COMPONENTS
 from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
 from refiners_lora.layers import Lora
+from refiners_lora.loader import LoraHandle
 from refiners_lora.manager import LoraManager
 from refiners_lora.writers import diffusers_state_dict, kohya_state_dict
 
@@ -78,9 +79,9 @@ def _initial_weights(layer: nn.Linear, rank: int, generator: torch.Generator) ->
     return down, torch.zeros(layer.out_features, rank)
 
 
-class TrainableLora:
+class TrainableLora(LoraHandle):
     """A LoRA being trained: its parameters, its strength, saving and removal (a
-    :class:`refiners_core.TrainableAdapter`).
+    :class:`refiners_core.TrainableAdapter`; ``scale`` and ``remove()`` are :class:`LoraHandle`'s).
 
     Attributes:
         manager: the :class:`~refiners_lora.LoraManager` holding it under :attr:`name`.
@@ -88,8 +89,7 @@ class TrainableLora:
     """
 
     def __init__(self, manager: LoraManager, name: str, rank: int, alpha: float) -> None:
-        self.manager = manager
-        self.name = name
+        super().__init__(manager, name)
         self.rank = rank
         self.alpha = alpha
 
@@ -102,19 +102,6 @@ class TrainableLora:
         """The ``down`` and ``up`` weights of every layer, in a fixed order."""
         for _, lora in sorted(self.layers().items()):
             yield from lora.parameters()
-
-    @property
-    def scale(self) -> float:
-        """The user scale (1 by default)."""
-        return self.manager.scales[self.name]
-
-    @scale.setter
-    def scale(self, value: float) -> None:
-        self.manager.set_scale(self.name, value)
-
-    def remove(self) -> None:
-        """Take the LoRA out of the model."""
-        self.manager.remove(self.name)
 
     def save(self, path: str | Path, *, format: str | None = None, metadata: Mapping[str, str] | None = None) -> Path:
         """Write the LoRA as a ``kohya`` (default) or ``diffusers`` safetensors file, float32, with ``metadata``
