@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from refiners_lora.deltas.base import WeightDelta
+from refiners_lora.deltas.oft import rescale_parameter
 from refiners_lora.errors import LoraError
 
 
@@ -42,12 +43,7 @@ class BoftDelta(WeightDelta):
             raise LoraError(f"oft_blocks of shape {tuple(blocks.shape)} does not fit a weight of shape {shape}")
         like = self.target.weight
         self.oft_blocks = nn.Parameter(blocks.to(like))
-        self.rescale_weight: nn.Parameter | None = None
-        if rescale is not None:
-            if rescale.numel() != shape[0]:
-                raise LoraError(f"rescale of shape {tuple(rescale.shape)} does not fit {shape[0]} output channels")
-            self.__dict__["_rescale_shape"] = tuple(rescale.shape)
-            self.rescale_weight = nn.Parameter(rescale.reshape(shape[0], *[1] * (len(shape) - 1)).to(like))
+        self.rescale_weight = rescale_parameter(self, rescale, shape, like)
         self.alpha = float(alpha or 0.0)
 
     def rotations(self) -> torch.Tensor:

@@ -34,12 +34,7 @@ class OftDelta(WeightDelta):
             raise LoraError(f"oft_blocks of shape {tuple(blocks.shape)} does not fit a weight of shape {shape}")
         like = self.target.weight
         self.oft_blocks = nn.Parameter(blocks.to(like))
-        self.rescale_weight: nn.Parameter | None = None
-        if rescale is not None:
-            if rescale.numel() != shape[0]:
-                raise LoraError(f"rescale of shape {tuple(rescale.shape)} does not fit {shape[0]} output channels")
-            self.__dict__["_rescale_shape"] = tuple(rescale.shape)
-            self.rescale_weight = nn.Parameter(rescale.reshape(shape[0], *[1] * (len(shape) - 1)).to(like))
+        self.rescale_weight = rescale_parameter(self, rescale, shape, like)
         self.alpha = float(alpha or 0.0)
 
     def rotation(self) -> torch.Tensor:
@@ -72,3 +67,16 @@ class OftDelta(WeightDelta):
         if self.rescale_weight is not None:
             state["rescale"] = self.rescale_weight.detach().reshape(self.__dict__["_rescale_shape"])
         return state
+
+
+def rescale_parameter(
+    delta: nn.Module, rescale: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor
+) -> nn.Parameter | None:
+    """The per-output-channel ``rescale`` of an OFT/BOFT file as a parameter broadcasting over ``shape``
+    (``None`` without one); records its stored shape on ``delta`` so that saving writes it back as read."""
+    if rescale is None:
+        return None
+    if rescale.numel() != shape[0]:
+        raise LoraError(f"rescale of shape {tuple(rescale.shape)} does not fit {shape[0]} output channels")
+    delta.__dict__["_rescale_shape"] = tuple(rescale.shape)
+    return nn.Parameter(rescale.reshape(shape[0], *[1] * (len(shape) - 1)).to(like))
