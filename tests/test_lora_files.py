@@ -121,6 +121,37 @@ def test_nan_or_inf_in_weights_or_scales_is_an_error_naming_the_cause(tmp_path: 
     assert_same(model, before)
 
 
+def test_hotswap_of_nan_weights_is_refused_and_keeps_the_loaded_lora(tmp_path: Path) -> None:
+    model = toy_model()
+    manager = LoraManager(model)
+    manager.add_hotswappable("hot", toy_lora(0), max_rank=4)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = model(x)
+    bad = toy_lora(1, rank=3)
+    bad["lora_unet_Chain_Conv2d_2.lora_down.weight"][1, 0, 0, 0] = float("nan")
+    with pytest.raises(LoraError, match=r"NaN or infinite.*lora_unet_Chain_Conv2d_2.lora_down.weight"):
+        manager.hotswap("hot", bad)
+    save_file(bad, tmp_path / "bad.safetensors")
+    with pytest.raises(LoraError, match=r"bad.safetensors holds NaN or infinite values in lora_unet_Chain_Conv2d_2"):
+        manager.hotswap("hot", tmp_path / "bad.safetensors")
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+def test_nonfinite_keys_names_bad_tensors_only() -> None:
+    from refiners_lora.deltas.base import nonfinite_keys
+
+    huge = torch.full((4,), 3e38)  # finite values whose float32 sum overflows
+    half = torch.ones(3, dtype=torch.float16)
+    half[1] = float("-inf")
+    nan = torch.zeros(2, 2)
+    nan[1, 1] = float("nan")
+    tensors = {"huge": huge, "half": half, "nan": nan, "ints": torch.arange(3), "empty": torch.zeros(0)}
+    assert nonfinite_keys(tensors) == ["half", "nan"]
+    assert nonfinite_keys({"ok": torch.randn(5, dtype=torch.bfloat16)}) == []
+
+
 def test_non_scalar_alpha_and_rank_zero_are_clear_errors() -> None:
     model = toy_model()
     before = snapshot(model)

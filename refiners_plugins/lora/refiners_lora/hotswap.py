@@ -60,16 +60,21 @@ class PaddedLora(Lora):
 
     @torch.no_grad()
     def load(self, down: torch.Tensor | None, up: torch.Tensor | None, alpha: float | None) -> None:
-        """Copy a LoRA in place (``None``: zero); the rest of the rank is zero."""
+        """Copy a LoRA in place (``None``: zero); the rest of the rank is zero.
+
+        Each weight is written once: the LoRA's rows (columns) are copied and only the padding is zeroed.
+        """
         own_down, own_up = self._weights()
-        own_down.zero_()
-        own_up.zero_()
+        rank = 0
         self.ratio = 0.0
         if down is not None and up is not None:
             rank = int(down.shape[0])
             own_down[:rank].copy_(down.reshape(own_down[:rank].shape))
             own_up[:, :rank].copy_(up.reshape(own_up[:, :rank].shape))
             self.ratio = (rank if alpha is None else alpha) / rank
+        if rank < self.rank:
+            own_down[rank:].zero_()
+            own_up[:, rank:].zero_()
         self.factor.fill_(self.scale * self.ratio)  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import refiners_core as rc
 from refiners_core.module import get_parent
 from refiners_core.weights import format_keys
 from refiners_lora.adapter import LoraAdapter
-from refiners_lora.deltas.base import WeightDelta, check_finite
+from refiners_lora.deltas.base import WeightDelta, check_finite, check_tensors
 from refiners_lora.deltas.build import build_delta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats import parse_lora, read_lora_file
@@ -267,6 +267,7 @@ class LoraManager:
             state_dict, metadata = read_lora_file(weights, allow_pickle=allow_pickle)
         else:
             state_dict, metadata = dict(weights), {}
+            check_tensors(state_dict)  # a file is checked as it is read
         self._check_architecture(name, weights, metadata)
         parsed = parse_lora(state_dict, metadata)
         problems: list[str] = []

@@ -10,6 +10,7 @@ it back out, how to change its scale, and which tensors it saves under which fil
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -218,9 +219,29 @@ def scalar_alpha(key: str, alpha: torch.Tensor | float | None) -> float | None:
     return value
 
 
-def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+def nonfinite_keys(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of ``tensors`` whose floating values include NaN or infinity, sorted.
+
+    One float32 sum per tensor and one host sync per device: a sum is finite only when every value
+    is (a NaN or an infinity makes it NaN or infinite). A tensor whose sum is not finite (bad values,
+    or an overflow of large finite ones) is then checked value by value.
+    """
+    sums: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel():
+            sums.setdefault(tensor.device, []).append((key, tensor.sum(dtype=torch.float32)))
+    suspects = [
+        key
+        for pairs in sums.values()
+        for (key, _), finite in zip(pairs, torch.stack([total for _, total in pairs]).isfinite().tolist(), strict=True)
+        if not finite
+    ]
+    return sorted(key for key in suspects if not bool(tensors[key].isfinite().all()))
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
     """Raise a :class:`LoraError` naming every key whose tensor holds NaN or infinite values."""
-    bad = [key for key, tensor in tensors.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+    bad = nonfinite_keys(tensors)
     if bad:
         raise LoraError(f"NaN or infinite values in LoRA weights: {', '.join(sorted(bad))}")
 

@@ -11,6 +11,7 @@ import torch
 from refiners_core.errors import PickleRefusedError, WeightsError
 from refiners_core.model_folder import find_weight_files
 from refiners_core.weights import format_keys, load_tensors, read_metadata
+from refiners_lora.deltas.base import nonfinite_keys
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import LoraWeights, ParsedLora
 from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
@@ -82,7 +83,7 @@ def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[s
             raise LoraError(f"{source} is not valid JSON: {error}") from None
         if not isinstance(config, dict):
             raise LoraError(f"{source} is not a JSON object")
-    bad = sorted(key for key, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all())
+    bad = nonfinite_keys(tensors)
     if bad:
         raise LoraError(f"{file} holds NaN or infinite values in {format_keys(bad)}")
     return tensors, metadata
