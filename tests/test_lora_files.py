@@ -124,6 +124,7 @@ def test_nan_or_inf_in_weights_or_scales_is_an_error_naming_the_cause(tmp_path: 
 def test_hotswap_of_nan_weights_is_refused_and_keeps_the_loaded_lora(tmp_path: Path) -> None:
     model = toy_model()
     manager = LoraManager(model)
+    threads = torch.get_num_threads()
     manager.add_hotswappable("hot", toy_lora(0), max_rank=4)
     x = torch.randn(3, 8)
     with torch.no_grad():
@@ -137,6 +138,7 @@ def test_hotswap_of_nan_weights_is_refused_and_keeps_the_loaded_lora(tmp_path: P
         manager.hotswap("hot", tmp_path / "bad.safetensors")
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+    assert torch.get_num_threads() == threads  # hot-swap runs single-threaded, then restores the count
 
 
 def test_nonfinite_keys_names_bad_tensors_only() -> None:
