@@ -169,6 +169,62 @@ def test_non_scalar_alpha_and_rank_zero_are_clear_errors() -> None:
     assert_same(model, before)
 
 
+SHAPE_ERRORS = {
+    # Linear_1 is Linear(8, 32), Chain_Conv2d_1 is Conv2d(2, 6, 3)
+    "loha inner sizes": (
+        {"hada_w1_a": (32, 2), "hada_w1_b": (3, 8), "hada_w2_a": (32, 2), "hada_w2_b": (2, 8)},
+        r"Linear_1.hada_w1_a.*LoHa hada_w1_a, hada_w1_b: shapes \(32, 2\) and \(3, 8\) cannot be multiplied",
+    ),
+    "loha products differ": (
+        {"hada_w1_a": (32, 2), "hada_w1_b": (2, 8), "hada_w2_a": (32, 2), "hada_w2_b": (2, 4)},
+        r"Linear_1.hada_w1_a.*LoHa products of shapes \(32, 8\) \(hada_w1\) and \(32, 4\) \(hada_w2\) differ",
+    ),
+    "loha misfit": (
+        {"hada_w1_a": (16, 2), "hada_w1_b": (2, 8), "hada_w2_a": (16, 2), "hada_w2_b": (2, 8)},
+        r"Linear_1.hada_w1_a.*LoHa delta of shape \(16, 8\) does not fit a weight of shape \(32, 8\)",
+    ),
+    "lokr misfit": (
+        {"lokr_w1": (4, 2), "lokr_w2": (8, 3)},
+        r"Linear_1.lokr_w1.*LoKr delta of shape \(32, 6\) does not fit a weight of shape \(32, 8\)",
+    ),
+    "lokr inner sizes": (
+        {"lokr_w1": (4, 2), "lokr_w2_a": (8, 2), "lokr_w2_b": (3, 4)},
+        r"Linear_1.lokr_w1.*LoKr lokr_w2_a, lokr_w2_b: shapes \(8, 2\) and \(3, 4\) cannot be multiplied",
+    ),
+    "glora inputs": (
+        {"a1.weight": (4, 2), "a2.weight": (2, 4), "b1.weight": (32, 2), "b2.weight": (2, 8)},
+        r"Linear_1.a1.weight.*GLoRA a1.weight @ a2.weight of shape \(4, 4\) does not fit the 8 inputs",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(SHAPE_ERRORS))
+def test_lycoris_shapes_that_do_not_fit_name_their_keys(kind: str) -> None:
+    model = toy_model()
+    before = snapshot(model)
+    shapes, message = SHAPE_ERRORS[kind]
+    state = {f"lora_unet_Linear_1.{suffix}": torch.randn(shape) for suffix, shape in shapes.items()}
+    with pytest.raises(LoraError, match=message):
+        LoraManager(model).add("a", state)
+    assert_same(model, before)
+
+
+def test_glora_tucker_core_that_does_not_fit_names_its_keys() -> None:
+    model = toy_model()
+    stem = "lora_unet_Chain_Conv2d_1"
+    state = {
+        f"{stem}.a1.weight": torch.randn(2, 4, 1, 1),
+        f"{stem}.a2.weight": torch.randn(4, 2, 1, 1),
+        f"{stem}.b1.weight": torch.randn(6, 4, 1, 1),
+        f"{stem}.b2.weight": torch.randn(4, 2, 1, 1),
+        f"{stem}.bm.weight": torch.randn(4, 3, 3, 3),
+    }
+    with pytest.raises(LoraError, match=rf"{stem}.bm.weight.*core, up and down of shapes \(4, 3, 3, 3\)"):
+        LoraManager(model).add("a", state)
+    manager = LoraManager(model).add("a", {**state, f"{stem}.bm.weight": torch.randn(4, 4, 3, 3)})
+    assert manager.algorithms_of("a") == ["glora"]
+
+
 def _peft_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "peft"
     folder.mkdir()

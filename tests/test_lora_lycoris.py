@@ -34,7 +34,7 @@ TARGET_SUFFIXES = (
 )
 # scale-linear algorithms: lycoris' multiplier is ours
 LINEAR_IN_SCALE = {"locon", "locon_tucker", "loha", "loha_tucker", "lokr", "lokr_tucker", "lokr_whole"}
-LINEAR_IN_SCALE |= {"full", "ia3", "ia3_input", "glora"}
+LINEAR_IN_SCALE |= {"full", "ia3", "ia3_input", "glora", "glora_tucker"}
 # lycoris' multiplier moves each BOFT stage toward the identity and leaves `rescale` at full strength;
 # refiners scales the whole change, s * (W' - W), as for OFT: only scale 1 is compared
 
@@ -59,9 +59,39 @@ def lycoris_cases() -> dict[str, tuple[str, dict[str, Any]]]:
         "ia3_input": ("IA3Module", {"train_on_input": True}),
         "oft": ("DiagOFTModule", {"lora_dim": 4, "constraint": 0, "rescaled": True}),
         "glora": ("GLoRAModule", low_rank),
+        "glora_tucker": ("TuckerGLoRAModule", {**low_rank, "use_tucker": True}),
         "boft": ("ButterflyOFTModule", {"lora_dim": 4, "constraint": 0, "rescaled": True}),
         "boft_constrained": ("ButterflyOFTModule", {"lora_dim": 2, "constraint": 1e-4}),
     }
+
+
+def _tucker_glora_module() -> type[nn.Module]:
+    """lycoris' GLoRAModule with the Tucker core ``bm`` on kxk convolutions.
+
+    In lycoris-lora 4.1.3 ``use_tucker`` never reaches that branch (the constructor keeps it only for
+    1x1 kernels, then builds ``bm`` only for other kernels), so no keyword argument writes ``bm.weight``;
+    this subclass builds the layers that branch describes (1x1 ``b2``, kxk ``bm`` with the layer's
+    stride and padding). lycoris' own forward (``make_weight``) then contracts ``bm``.
+    """
+    from lycoris.modules import GLoRAModule
+
+    class TuckerGLoRAModule(GLoRAModule):  # type: ignore[misc]
+        def __init__(self, lora_name: str, org_module: nn.Module, multiplier: float, **kwargs: Any) -> None:
+            super().__init__(lora_name, org_module, multiplier, **kwargs)
+            if isinstance(org_module, nn.Conv2d) and org_module.kernel_size != (1, 1):
+                rank = kwargs["lora_dim"]
+                self.b2 = nn.Conv2d(org_module.in_channels, rank, 1, bias=False)
+                geometry = (org_module.kernel_size, org_module.stride, org_module.padding)
+                self.bm = nn.Conv2d(rank, rank, *geometry, bias=False)
+                self.tucker = True
+
+    return TuckerGLoRAModule
+
+
+def _module_class(class_name: str) -> Any:
+    import lycoris.modules as modules
+
+    return _tucker_glora_module() if class_name == "TuckerGLoRAModule" else getattr(modules, class_name)
 
 
 @torch.no_grad()
@@ -102,7 +132,6 @@ class LycorisCase:
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Apply lycoris modules (``plan``: module name -> (class, kwargs)); return their state dict in
         LyCORIS key names, the output at multiplier 1 and at multiplier 0.5."""
-        import lycoris.modules as modules
         from sd_fixtures import run_diffusers
 
         generator = torch.Generator().manual_seed(seed)
@@ -110,7 +139,7 @@ class LycorisCase:
         state: dict[str, torch.Tensor] = {}
         for name, (class_name, kwargs) in plan.items():
             lora_name = f"lycoris_{name.replace('.', '_')}"
-            module = getattr(modules, class_name)(lora_name, self.model.get_submodule(name), 1.0, **kwargs)
+            module = _module_class(class_name)(lora_name, self.model.get_submodule(name), 1.0, **kwargs)
             _randomize(module, generator)
             module.apply_to()
             applied.append(module)
@@ -183,6 +212,8 @@ def _check_file(
 def test_lycoris_parity(case: LycorisCase, algorithm: str) -> None:
     class_name, kwargs = lycoris_cases()[algorithm]
     state, full, half = case.reference({name: (class_name, kwargs) for name in case.targets})
+    if algorithm == "glora_tucker":
+        assert any(key.endswith(".bm.weight") for key in state)
     _check_file(case, state, full, half if algorithm in LINEAR_IN_SCALE else None)
 
 

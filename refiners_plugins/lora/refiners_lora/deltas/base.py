@@ -246,6 +246,31 @@ def check_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
         raise LoraError(f"NaN or infinite values in LoRA weights: {', '.join(sorted(bad))}")
 
 
+def product_shape(left: torch.Tensor, right: torch.Tensor, what: str) -> tuple[int, int]:
+    """The shape of ``left @ right.flatten(1)`` (a low-rank product), or a :class:`LoraError` naming ``what``.
+
+    Checks shapes only: nothing is computed.
+    """
+    if left.dim() != 2 or right.dim() < 2 or left.shape[1] != right.shape[0]:
+        raise LoraError(f"{what}: shapes {tuple(left.shape)} and {tuple(right.shape)} cannot be multiplied")
+    return int(left.shape[0]), math.prod(right.shape[1:])
+
+
+def tucker_shape(core: torch.Tensor, up: torch.Tensor, down: torch.Tensor, what: str) -> tuple[int, ...]:
+    """The shape of a Tucker core ``(rank, rank, kh, kw)`` contracted with ``up`` ``(rank, out)`` and
+    ``down`` ``(rank, in)``: ``(out, in, kh, kw)``, or a :class:`LoraError` naming ``what``."""
+    if core.dim() < 2 or up.dim() != 2 or down.dim() != 2 or (up.shape[0], down.shape[0]) != tuple(core.shape[:2]):
+        shapes = ", ".join(str(tuple(tensor.shape)) for tensor in (core, up, down))
+        raise LoraError(f"{what}: a core, up and down of shapes {shapes} do not fit together")
+    return (int(up.shape[1]), int(down.shape[1]), *core.shape[2:])
+
+
+def check_fits(shape: tuple[int, ...], weight_shape: tuple[int, ...], what: str) -> None:
+    """Raise a :class:`LoraError` when a delta of ``shape`` cannot be viewed as ``weight_shape``."""
+    if math.prod(shape) != math.prod(weight_shape):
+        raise LoraError(f"{what} of shape {tuple(shape)} does not fit a weight of shape {tuple(weight_shape)}")
+
+
 def reshape_to(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
     """``tensor`` viewed as ``shape``, or a :class:`LoraError` saying ``what`` does not fit."""
     if tensor.numel() != math.prod(shape):

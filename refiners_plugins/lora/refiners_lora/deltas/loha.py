@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta, reshape_to
+from refiners_lora.deltas.base import WeightDelta, check_fits, product_shape, reshape_to, tucker_shape
 from refiners_lora.errors import LoraError
 
 
@@ -41,7 +41,20 @@ class LohaDelta(WeightDelta):
         if self.rank <= 0:
             raise LoraError("LoHa rank must be positive, got 0")
         self.alpha = float(self.rank if not alpha else alpha)
-        self.delta(like)  # shapes checked now, not at the first forward
+        self._check_shapes(tensors)  # now, not at the first forward
+
+    def _check_shapes(self, tensors: dict[str, torch.Tensor]) -> None:
+        shapes = []
+        for index in ("1", "2"):
+            up, down = tensors[f"hada_w{index}_a"], tensors[f"hada_w{index}_b"]
+            what = f"LoHa hada_w{index}_a, hada_w{index}_b"
+            if self.tucker:
+                shapes.append(tucker_shape(tensors[f"hada_t{index}"], up, down, f"{what}, hada_t{index}"))
+            else:
+                shapes.append(product_shape(up, down, what))
+        if shapes[0] != shapes[1]:
+            raise LoraError(f"LoHa products of shapes {shapes[0]} (hada_w1) and {shapes[1]} (hada_w2) differ")
+        check_fits(shapes[0], self.weight_shape, "LoHa delta")
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         """``(w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank`` (Tucker: each product through its core)."""

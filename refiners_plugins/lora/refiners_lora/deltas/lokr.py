@@ -8,12 +8,13 @@ applies only when a factor is decomposed (the rank is that factor's); two whole 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta, reshape_to
+from refiners_lora.deltas.base import WeightDelta, check_fits, product_shape, reshape_to, tucker_shape
 from refiners_lora.errors import LoraError
 
 
@@ -44,7 +45,34 @@ class LokrDelta(WeightDelta):
         self.rank = rank
         self.alpha = alpha
         self.factor = 1.0 if rank is None or not alpha else alpha / rank
-        self.delta(like)
+        self._check_shapes(tensors)  # now, not at the first forward
+
+    def _check_shapes(self, tensors: dict[str, torch.Tensor]) -> None:
+        weight_shape = self.weight_shape
+        w1: tuple[int, ...]
+        if "lokr_w1" in tensors:
+            w1 = tuple(tensors["lokr_w1"].shape)
+        else:
+            if tensors["lokr_w1_b"].dim() != 2:
+                raise LoraError(f"LoKr lokr_w1_b must be a matrix, got shape {tuple(tensors['lokr_w1_b'].shape)}")
+            w1 = product_shape(tensors["lokr_w1_a"], tensors["lokr_w1_b"], "LoKr lokr_w1_a, lokr_w1_b")
+        w2: tuple[int, ...]
+        if "lokr_w2" in tensors:
+            w2 = tuple(tensors["lokr_w2"].shape)
+        elif "lokr_t2" in tensors:
+            what = "LoKr lokr_t2, lokr_w2_a, lokr_w2_b"
+            w2 = tucker_shape(tensors["lokr_t2"], tensors["lokr_w2_a"], tensors["lokr_w2_b"], what)
+        else:
+            w2 = product_shape(tensors["lokr_w2_a"], tensors["lokr_w2_b"], "LoKr lokr_w2_a, lokr_w2_b")
+            if len(weight_shape) == 4 and len(w1) == 2:
+                kernel = math.prod(weight_shape[2:])
+                if w2[1] % kernel:
+                    raise LoraError(f"LoKr lokr_w2 of shape {w2} does not fit a kernel of {weight_shape[2:]}")
+                w2 = (w2[0], w2[1] // kernel, *weight_shape[2:])
+        # w1 gains trailing dimensions (as in delta), kron gives the shorter factor leading ones
+        dims = max(len(w1), len(w2))
+        w1, w2 = (*w1, *[1] * (dims - len(w1))), (*[1] * (dims - len(w2)), *w2)
+        check_fits(tuple(a * b for a, b in zip(w1, w2, strict=True)), weight_shape, "LoKr delta")
 
     def _w2(self, p: Mapping[str, torch.Tensor], weight: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
         if "lokr_w2" in p:

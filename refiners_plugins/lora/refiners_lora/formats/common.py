@@ -151,6 +151,7 @@ ALGORITHM_SUFFIXES: dict[str, str] = {
     "a2.weight": "glora",
     "b1.weight": "glora",
     "b2.weight": "glora",
+    "bm.weight": "glora",
     "w_norm": "norm",
     "b_norm": "norm",
 }
