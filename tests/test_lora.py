@@ -215,6 +215,71 @@ def test_fuse_unfuse_round_trip_and_changes_while_fused() -> None:
         torch.testing.assert_close(after[2][key], value, atol=1e-6, rtol=0)
 
 
+def _toy_loha_lokr(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A LoHa file (Tucker on the first convolution) and a LoKr file for every layer of :func:`toy_model`."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return 0.3 * torch.randn(*shape, generator=generator)
+
+    loha: dict[str, torch.Tensor] = {}
+    for name, (out, flat_in) in {"Linear_1": (32, 8), "Chain_Conv2d_2": (4, 54), "Linear_2": (5, 16)}.items():
+        for index in "12":
+            loha[f"lora_unet_{name}.hada_w{index}_a"] = rand(out, 2)
+            loha[f"lora_unet_{name}.hada_w{index}_b"] = rand(2, flat_in)
+    for index in "12":
+        loha[f"lora_unet_Chain_Conv2d_1.hada_t{index}"] = rand(2, 2, 3, 3)
+        loha[f"lora_unet_Chain_Conv2d_1.hada_w{index}_a"] = rand(2, 6)
+        loha[f"lora_unet_Chain_Conv2d_1.hada_w{index}_b"] = rand(2, 2)
+    loha |= {f"lora_unet_{name}.alpha": torch.tensor(1.0) for name in ("Linear_1", "Chain_Conv2d_1")}
+    lokr = {
+        "lora_unet_Linear_1.lokr_w1": rand(4, 2),
+        "lora_unet_Linear_1.lokr_w2": rand(8, 4),
+        "lora_unet_Chain_Conv2d_1.lokr_w1": rand(2, 1),
+        "lora_unet_Chain_Conv2d_1.lokr_w2_a": rand(3, 2),
+        "lora_unet_Chain_Conv2d_1.lokr_w2_b": rand(2, 18),
+        "lora_unet_Chain_Conv2d_1.alpha": torch.tensor(3.0),
+        "lora_unet_Chain_Conv2d_2.lokr_w1": rand(2, 2),
+        "lora_unet_Chain_Conv2d_2.lokr_w2": rand(2, 3, 3, 3),
+        "lora_unet_Linear_2.lokr_w1_a": rand(5, 2),
+        "lora_unet_Linear_2.lokr_w1_b": rand(2, 4),
+        "lora_unet_Linear_2.lokr_w2": rand(1, 4),
+    }
+    return loha, lokr
+
+
+@pytest.mark.parametrize("block", [1 << 22, 7])
+def test_loha_and_lokr_fused_in_row_blocks_come_back_out_one_at_a_time(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LoHa and LoKr are fused block by block (7 elements: several blocks per layer) and, when another
+    # delta stays fused in the same layer, taken back out at the opposite scale
+    import refiners_lora.deltas.base as base
+
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", block)
+    model = toy_model()
+    x = torch.randn(3, 8)
+    before = snapshot(model)
+    manager = LoraManager(model)
+    loha, lokr = _toy_loha_lokr(0)
+    manager.add("loha", loha, scale=0.8).add("lokr", lokr, scale=0.6)
+    assert manager.algorithms_of("loha") == ["loha"] and manager.algorithms_of("lokr") == ["lokr"]
+    with torch.no_grad():
+        unfused = model(x)
+        manager.fuse()
+        torch.testing.assert_close(model(x), unfused, atol=1e-5, rtol=1e-5)
+        manager.set_scale("loha", -0.5)  # taken out at 0.8 and in again at -0.5, LoKr staying fused
+        fused = model(x)
+        manager.unfuse()
+        torch.testing.assert_close(fused, model(x), atol=1e-5, rtol=1e-5)
+        only_lokr = LoraManager(toy_model()).add("lokr", lokr, scale=0.6).model(x)
+        manager.fuse()
+        manager.remove("loha")  # out while LoKr stays fused
+        torch.testing.assert_close(model(x), only_lokr, atol=1e-5, rtol=1e-5)
+    manager.remove_all()
+    assert_same(model, before)
+
+
 def test_fuse_only_selected_names() -> None:
     model = toy_model()
     x = torch.randn(3, 8)

@@ -42,7 +42,8 @@ class WeightDelta(rc.Module):
     - :meth:`forward`: the unfused (bypass) residual ``op(x, delta_at(W, s))`` with the target's
       geometry, plus a bias change when the algorithm has one;
     - :meth:`fuse` / :meth:`unfuse`: add the change to ``W`` in place and take exactly that tensor
-      back out;
+      back out; an algorithm whose change does not read ``W``'s values (``reads_weight = False``) adds
+      it with :meth:`add_to` and takes it back out at the opposite scale, keeping nothing full-size;
     - :meth:`rescale`: change ``s`` (a fused delta is unfused and fused again).
 
     The target is referenced, never registered as a child, so the delta's state dict holds only its
@@ -52,6 +53,8 @@ class WeightDelta(rc.Module):
     algorithm: ClassVar[str] = "delta"
     # the layer types this algorithm changes
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
+    # whether delta_at reads the values of the weight it is given (not only its shape)
+    reads_weight: ClassVar[bool] = True
 
     def __init__(self, target: nn.Module | None = None, scale: float = 1.0) -> None:
         super().__init__()
@@ -112,7 +115,13 @@ class WeightDelta(rc.Module):
 
     def delta_at(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
         """The change of ``weight`` at user scale ``scale``."""
-        return self.delta(weight) * scale
+        delta = self.delta(weight)
+        return delta if scale == 1.0 else delta * scale
+
+    @torch.no_grad()
+    def add_to(self, weight: torch.Tensor, scale: float) -> None:
+        """``weight += delta_at(weight, scale)`` in place (algorithms may avoid the full-size temporary)."""
+        weight.add_(self.delta_at(weight, scale).to(weight.dtype))
 
     def _base_weight(self) -> torch.Tensor:
         return self.target.weight
@@ -164,9 +173,12 @@ class WeightDelta(rc.Module):
             return
         self._fusing()
         weight = self.target.weight
-        delta = self.delta_at(weight.float(), self.scale).to(weight.dtype)
-        weight.add_(delta)
-        self.__dict__["_fused_weight"] = delta
+        if self.reads_weight:
+            delta = self.delta_at(weight.float(), self.scale).to(weight.dtype)
+            weight.add_(delta)
+            self.__dict__["_fused_weight"] = delta
+        else:
+            self.add_to(weight, self.scale)
         bias = self.bias_delta()
         if bias is not None and self.target.bias is not None:
             bias = (bias * self.scale).to(self.target.bias.dtype)
@@ -179,9 +191,14 @@ class WeightDelta(rc.Module):
         """Take the fused change back out of the target's weight (and bias)."""
         if not self.fused:
             return
-        self.target.weight.sub_(self.__dict__["_fused_weight"])
-        if self.__dict__["_fused_bias"] is not None and self.target.bias is not None:
-            self.target.bias.sub_(self.__dict__["_fused_bias"])
+        state = self.target.__dict__.get(_FUSED_STATE)
+        if state is None or state["count"] > 1:  # the last delta out restores the original weights instead
+            if self.reads_weight:
+                self.target.weight.sub_(self.__dict__["_fused_weight"])
+            else:
+                self.add_to(self.target.weight, -self.scale)
+            if self.__dict__["_fused_bias"] is not None and self.target.bias is not None:
+                self.target.bias.sub_(self.__dict__["_fused_bias"])
         self.__dict__["_fused_weight"] = self.__dict__["_fused_bias"] = None
         self.fused = False
         self._unfused()
@@ -269,6 +286,17 @@ def check_fits(shape: tuple[int, ...], weight_shape: tuple[int, ...], what: str)
     """Raise a :class:`LoraError` when a delta of ``shape`` cannot be viewed as ``weight_shape``."""
     if math.prod(shape) != math.prod(weight_shape):
         raise LoraError(f"{what} of shape {tuple(shape)} does not fit a weight of shape {tuple(weight_shape)}")
+
+
+# full-size temporaries are computed in row blocks of about this many elements: small blocks reuse
+# the allocator's memory, where a fresh full-size tensor per layer costs its page faults
+CHUNK_ELEMENTS = 1 << 22
+
+
+def row_blocks(rows: int, row_elements: int) -> list[slice]:
+    """Slices over ``rows`` rows of ``row_elements`` elements each, about :data:`CHUNK_ELEMENTS` per slice."""
+    step = max(1, CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
 def reshape_to(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:

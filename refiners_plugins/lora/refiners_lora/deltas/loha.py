@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta, check_fits, product_shape, reshape_to, tucker_shape
+from refiners_lora.deltas.base import (
+    WeightDelta,
+    check_fits,
+    product_shape,
+    reshape_to,
+    row_blocks,
+    tucker_shape,
+)
 from refiners_lora.errors import LoraError
 
 
@@ -22,6 +29,7 @@ class LohaDelta(WeightDelta):
     """LoHa of one layer (LyCORIS ``hada_*`` keys, PEFT LoHa)."""
 
     algorithm = "loha"
+    reads_weight = False
 
     def __init__(
         self, target: nn.Module, tensors: dict[str, torch.Tensor], alpha: float | None, scale: float = 1.0
@@ -58,15 +66,40 @@ class LohaDelta(WeightDelta):
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         """``(w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank`` (Tucker: each product through its core)."""
+        return self.delta_at(weight, 1.0)
+
+    def delta_at(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        """The change at scale ``scale``: the factor ``scale * alpha / rank`` multiplies the small ``w1_a``,
+        and the two full-size products are multiplied in place when no gradient is recorded."""
         p = dict(self.named_parameters(recurse=False))
+        w1_a = p["hada_w1_a"] * (scale * self.alpha / self.rank)
         if self.tucker:
-            first = _tucker(p["hada_t1"], p["hada_w1_a"], p["hada_w1_b"])
+            first = _tucker(p["hada_t1"], w1_a, p["hada_w1_b"])
             second = _tucker(p["hada_t2"], p["hada_w2_a"], p["hada_w2_b"])
         else:
-            first = p["hada_w1_a"] @ p["hada_w1_b"].flatten(1)
+            first = w1_a @ p["hada_w1_b"].flatten(1)
             second = p["hada_w2_a"] @ p["hada_w2_b"].flatten(1)
-        product = first * second * (self.alpha / self.rank)
+        product = first * second if torch.is_grad_enabled() else first.mul_(second)
         return reshape_to(product, tuple(weight.shape), "LoHa delta").to(weight.dtype)
+
+    @torch.no_grad()
+    def add_to(self, weight: torch.Tensor, scale: float) -> None:
+        """``weight += delta_at(weight, scale)``, computed in blocks of output rows (no full-size temporary)."""
+        p = dict(self.named_parameters(recurse=False))
+        rows = p["hada_w1_a"].shape[1 if self.tucker else 0]
+        if rows != weight.shape[0] or not weight.is_contiguous():
+            super().add_to(weight, scale)
+            return
+        factor = scale * self.alpha / self.rank
+        flat = weight.view(rows, -1)
+        for block in row_blocks(*flat.shape):
+            if self.tucker:
+                first = _tucker(p["hada_t1"], p["hada_w1_a"][:, block] * factor, p["hada_w1_b"])
+                second = _tucker(p["hada_t2"], p["hada_w2_a"][:, block], p["hada_w2_b"])
+            else:
+                first = (p["hada_w1_a"][block] * factor) @ p["hada_w1_b"].flatten(1)
+                second = p["hada_w2_a"][block] @ p["hada_w2_b"].flatten(1)
+            flat[block].add_(first.mul_(second).reshape(flat[block].shape).to(weight.dtype))
 
     def state(self) -> dict[str, torch.Tensor]:
         """``hada_*`` tensors and ``alpha``."""

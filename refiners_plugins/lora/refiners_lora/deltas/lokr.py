@@ -14,7 +14,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta, check_fits, product_shape, reshape_to, tucker_shape
+from refiners_lora.deltas.base import (
+    WeightDelta,
+    check_fits,
+    product_shape,
+    reshape_to,
+    row_blocks,
+    tucker_shape,
+)
 from refiners_lora.errors import LoraError
 
 
@@ -22,6 +29,7 @@ class LokrDelta(WeightDelta):
     """LoKr of one layer (LyCORIS ``lokr_*`` keys, PEFT LoKr)."""
 
     algorithm = "lokr"
+    reads_weight = False
 
     def __init__(
         self, target: nn.Module, tensors: dict[str, torch.Tensor], alpha: float | None, scale: float = 1.0
@@ -86,14 +94,37 @@ class LokrDelta(WeightDelta):
         return w2
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
-        """``kron(w1, w2) * scale`` shaped like ``weight``."""
+        """``kron(w1, w2) * factor`` shaped like ``weight``."""
+        return self.delta_at(weight, 1.0)
+
+    def _factors(self, weight: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # w1 (times scale * factor: the small factor carries every scalar) and w2, ready for kron
         p = dict(self.named_parameters(recurse=False))
         w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
         w2 = self._w2(p, weight, w1)
+        w1 = w1 * (scale * self.factor)
         while w1.dim() < w2.dim():
             w1 = w1.unsqueeze(-1)
-        product = torch.kron(w1, w2.contiguous()) * self.factor
-        return reshape_to(product, tuple(weight.shape), "LoKr delta").to(weight.dtype)
+        return w1, w2.contiguous()
+
+    def delta_at(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        """The change at scale ``scale``: ``scale * factor`` multiplies the small ``w1`` before the product."""
+        w1, w2 = self._factors(weight, scale)
+        return reshape_to(torch.kron(w1, w2), tuple(weight.shape), "LoKr delta").to(weight.dtype)
+
+    @torch.no_grad()
+    def add_to(self, weight: torch.Tensor, scale: float) -> None:
+        """``weight += delta_at(weight, scale)``, computed in blocks of ``w1`` rows (no full-size temporary):
+        ``kron(w1[i:j], w2)`` is rows ``i * len(w2)`` to ``j * len(w2)`` of the product."""
+        w1, w2 = self._factors(weight, scale)
+        if w1.dim() != w2.dim() or w1.shape[0] * w2.shape[0] != weight.shape[0] or not weight.is_contiguous():
+            super().add_to(weight, scale)
+            return
+        flat = weight.view(weight.shape[0], -1)
+        height = w2.shape[0]
+        for block in row_blocks(w1.shape[0], height * flat.shape[1]):
+            rows = slice(block.start * height, block.stop * height)
+            flat[rows].add_(torch.kron(w1[block], w2).reshape(flat[rows].shape).to(weight.dtype))
 
     def state(self) -> dict[str, torch.Tensor]:
         """``lokr_*`` tensors and ``alpha`` (when the file had one)."""
