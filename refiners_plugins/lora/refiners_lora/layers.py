@@ -80,13 +80,13 @@ class Lora(rc.Chain, WeightDelta):
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         """``alpha / rank * up @ (mid) @ down`` shaped like ``weight``."""
         down, up = self._weights()
-        factor = self.alpha / self.rank
+        up = up.flatten(1) * (self.alpha / self.rank)  # the factor on the small matrix, not the product
         if self.mid is not None:
             mid = self.mid.weight
             assert isinstance(mid, torch.Tensor)
-            product = torch.einsum("o i, i j ..., j c -> o c ...", up.flatten(1), mid, down.flatten(1))
-            return (product * factor).reshape(weight.shape).to(weight.dtype)
-        return ((up.flatten(1) @ down.flatten(1)) * factor).reshape(weight.shape).to(weight.dtype)
+            product = torch.einsum("o i, i j ..., j c -> o c ...", up, mid, down.flatten(1))
+            return product.reshape(weight.shape).to(weight.dtype)
+        return (up @ down.flatten(1)).reshape(weight.shape).to(weight.dtype)
 
     def state(self) -> dict[str, torch.Tensor]:
         """``lora_down.weight``, ``lora_up.weight`` (``lora_mid.weight``) and ``alpha``, kohya key suffixes."""

@@ -67,9 +67,14 @@ class DoraDelta(WeightDelta):
         if self.convention == "kohya":
             merged = weight + self.inner.delta(weight)
             norm = self._norm(merged) + torch.finfo(merged.dtype).eps
-            return (merged * (self.magnitude / norm) - weight) * scale
-        merged = weight + self.inner.delta(weight) * scale
-        return merged * (self.magnitude / self._norm(merged).detach()) - weight
+            if torch.is_grad_enabled():
+                return (merged * (self.magnitude / norm) - weight) * scale
+            change = merged.mul_(self.magnitude / norm).sub_(weight)  # merged is a fresh sum: reused
+            return change if scale == 1.0 else change.mul_(scale)
+        merged = weight + self.inner.delta_at(weight, scale)
+        if torch.is_grad_enabled():
+            return merged * (self.magnitude / self._norm(merged).detach()) - weight
+        return merged.mul_(self.magnitude / self._norm(merged)).sub_(weight)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The inner delta's tensors plus ``dora_scale`` (kohya) or ``lora_magnitude_vector`` (PEFT)."""

@@ -76,7 +76,10 @@ class GloraDelta(WeightDelta):
             through = torch.einsum("o i ..., i j, j c -> o c ...", weight, a1, a2)
         else:
             through = weight @ a1 @ a2
-        return ((through + self._residual(weight)) * (self.alpha / self.rank)).to(weight.dtype)
+        factor = self.alpha / self.rank
+        if torch.is_grad_enabled():
+            return ((through + self._residual(weight)) * factor).to(weight.dtype)
+        return through.add_(self._residual(weight)).mul_(factor).to(weight.dtype)  # fresh temporaries
 
     def state(self) -> dict[str, torch.Tensor]:
         """``a1.weight``... (``bm.weight``) and ``alpha``."""
