@@ -276,6 +276,11 @@ def test_loha_and_lokr_fused_in_row_blocks_come_back_out_one_at_a_time(
         manager.fuse()
         manager.remove("loha")  # out while LoKr stays fused
         torch.testing.assert_close(model(x), only_lokr, atol=1e-5, rtol=1e-5)
+        # a bias change fused after LoKr: the original bias is kept from then on, and restored exactly
+        manager.add(
+            "full", {"lora_unet_Linear_1.diff": torch.randn(32, 8), "lora_unet_Linear_1.diff_b": torch.ones(32)}
+        )
+        manager.fuse()
     manager.remove_all()
     assert_same(model, before)
 

@@ -150,7 +150,7 @@ class WeightDelta(rc.Module):
         state = target.__dict__.setdefault(_FUSED_STATE, {"count": 0, "weight": None, "bias": None})
         if state["count"] == 0:
             state["weight"] = target.weight.detach().clone()
-            state["bias"] = None if target.bias is None else target.bias.detach().clone()
+            state["bias"] = None  # kept by the first delta that changes the bias (see fuse)
         state["count"] += 1
 
     @torch.no_grad()
@@ -181,6 +181,9 @@ class WeightDelta(rc.Module):
             self.add_to(weight, self.scale)
         bias = self.bias_delta()
         if bias is not None and self.target.bias is not None:
+            state = self.target.__dict__[_FUSED_STATE]
+            if state["bias"] is None:  # no delta fused so far changed it: still the original
+                state["bias"] = self.target.bias.detach().clone()
             bias = (bias * self.scale).to(self.target.bias.dtype)
             self.target.bias.add_(bias)
             self.__dict__["_fused_bias"] = bias
