@@ -17,6 +17,9 @@ from refiners_lora.formats.kohya import kohya_key_prefix
 from refiners_lora.formats.refiners import METADATA_KEY as REFINERS_METADATA_KEY
 
 LoraTensors = Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor, float]]
+PeftLayers = Mapping[tuple[str, str], tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]]
+# PEFT config fields that may differ per module, and the pattern field that holds the exceptions
+PATTERNS = {"r": "rank_pattern", "lora_alpha": "alpha_pattern", "alpha": "alpha_pattern"}
 SAVE_FORMATS = ("diffusers", "kohya", "refiners")
 
 
@@ -28,41 +31,61 @@ def _alpha_value(alpha: float) -> float | int:
     return int(alpha) if float(alpha).is_integer() else alpha
 
 
-def peft_config(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]]) -> dict[str, Any]:
-    """A PEFT ``LoraConfig`` dict describing ``layers`` (module -> (down, up, alpha)) exactly.
+def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet") -> dict[str, Any]:
+    """One PEFT config dict describing ``layers`` (module -> the config fields of its layer) exactly.
 
-    The most common rank and alpha become ``r`` and ``lora_alpha``; the others go to
-    ``rank_pattern`` / ``alpha_pattern`` keyed by full module name.
+    The most common rank and alpha become ``r`` and ``lora_alpha`` (or ``alpha``); the others go to
+    ``rank_pattern`` / ``alpha_pattern`` keyed by full module name. Every other field must be the same
+    for all layers (``component`` names them in the error otherwise).
     """
-    ranks = {module: int(down.shape[0]) for module, (down, _, _) in layers.items()}
-    alphas = {module: float(alpha) for module, (_, _, alpha) in layers.items()}
-    rank = _most_common(ranks.values())
-    alpha = _most_common(alphas.values())
+    config: dict[str, Any] = {"rank_pattern": {}, "alpha_pattern": {}}
+    for field in sorted({field for fields in layers.values() for field in fields}):
+        values = {module: fields.get(field) for module, fields in layers.items()}
+        if field in PATTERNS:
+            common = _most_common(values.values())
+            pattern = {module: value for module, value in values.items() if value != common}
+            config[field] = common
+            config[PATTERNS[field]].update(pattern)
+        elif len({json.dumps(value) for value in values.values()}) == 1:
+            config[field] = next(iter(values.values()))
+        else:
+            found = ", ".join(sorted({str(value) for value in values.values()}))
+            raise LoraError(f"cannot write the {component} layers as one PEFT config: their {field} differ ({found})")
+    for field in ("lora_alpha", "alpha"):
+        if field in config:
+            config[field] = _alpha_value(config[field])
+    config["alpha_pattern"] = {module: _alpha_value(value) for module, value in config["alpha_pattern"].items()}
+    config["target_modules"] = sorted(layers)
+    return config
+
+
+def _lora_config(down: torch.Tensor, alpha: float) -> dict[str, Any]:
     return {
-        "r": rank,
-        "lora_alpha": _alpha_value(alpha),
-        "rank_pattern": {module: value for module, value in ranks.items() if value != rank},
-        "alpha_pattern": {module: _alpha_value(value) for module, value in alphas.items() if value != alpha},
-        "target_modules": sorted(layers),
+        "r": int(down.shape[0]),
+        "lora_alpha": float(alpha),
         "use_rslora": False,
         "use_dora": False,
         "lora_bias": False,
     }
 
 
+def _adapter_metadata(configs: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, str]:
+    # one flat JSON object with `<component>.` prefixed fields, as diffusers writes it
+    metadata: dict[str, Any] = {}
+    for component, layers in configs.items():
+        metadata.update({f"{component}.{key}": value for key, value in peft_config(layers, component).items()})
+    return {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)}
+
+
 def diffusers_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Keys ``<component>.<module>.lora_A.weight`` / ``lora_B.weight``, and the ``lora_adapter_metadata`` header."""
     state: dict[str, torch.Tensor] = {}
-    by_component: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]] = {}
+    configs: dict[str, dict[str, dict[str, Any]]] = {}
     for (component, module), (down, up, alpha) in tensors.items():
         state[f"{component}.{module}.lora_A.weight"] = down
         state[f"{component}.{module}.lora_B.weight"] = up
-        by_component.setdefault(component, {})[module] = (down, up, alpha)
-    metadata: dict[str, Any] = {}
-    for component, layers in by_component.items():
-        metadata.update({f"{component}.{key}": value for key, value in peft_config(layers).items()})
-    header = {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)}
-    return state, header
+        configs.setdefault(component, {})[module] = _lora_config(down, alpha)
+    return state, _adapter_metadata(configs)
 
 
 def kohya_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -95,6 +118,19 @@ def write_deltas(states: Mapping[tuple[str, str], Mapping[str, torch.Tensor]], p
         for suffix, tensor in tensors.items():
             state[f"{prefix}.{suffix}"] = tensor.detach().contiguous()
     return save_state_dict(state, path, metadata={"format": "pt"})
+
+
+def write_peft(layers: PeftLayers, path: str | Path) -> Path:
+    """Write layers in PEFT's own terms ((component, module) -> (tensors by PEFT key suffix, config fields))
+    as a diffusers file: keys ``<component>.<module>.<suffix>`` and one PEFT config per component in the
+    ``lora_adapter_metadata`` header."""
+    state: dict[str, torch.Tensor] = {}
+    configs: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for (component, module), (tensors, config) in layers.items():
+        for suffix, tensor in tensors.items():
+            state[f"{component}.{module}.{suffix}"] = tensor.detach().contiguous()
+        configs.setdefault(component, {})[module] = config
+    return save_state_dict(state, path, metadata=_adapter_metadata(configs))
 
 
 def write_lora(tensors: LoraTensors, path: str | Path, format: str = "diffusers") -> Path:

@@ -98,7 +98,7 @@ class DeltaWeights:
         component: ``"unet"``, ``"text_encoder"`` or ``"text_encoder_2"``.
         name: the target's module name as written in the file (see :class:`LoraWeights`).
         algorithm: ``lora`` (with a Tucker core or a DoRA magnitude), ``loha``, ``lokr``, ``full``,
-            ``ia3``, ``oft``, ``boft``, ``glora``, ``norm``, ``peft_oft`` (PEFT's OFT).
+            ``ia3``, ``oft``, ``boft``, ``glora``, ``norm``, ``peft_oft`` and ``peft_boft`` (PEFT's OFT and BOFT).
         tensors: the tensors by key suffix (``hada_w1_a``, ``lora_down.weight``, ``dora_scale``...),
             ``alpha`` excluded.
         alpha: the file's alpha, ``None`` when absent.
