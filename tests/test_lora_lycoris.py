@@ -253,7 +253,11 @@ def test_wrong_layer_kind_and_mixed_keys_are_listed(case: LycorisCase) -> None:
 # ---- PEFT LoHa, LoKr, DoRA, OFT and BOFT ------------------------------------------------------------------
 
 
-def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.Tensor]:
+def _peft_file(
+    case: LycorisCase, config: Any, path: Path, scalable: bool = False
+) -> tuple[Path, torch.Tensor, torch.Tensor | None]:
+    """Write ``config``'s adapter (random weights) on the diffusers UNet in PEFT format; return the file,
+    peft's output and, when ``scalable``, peft's output with every layer scaled by 0.5."""
     import json
 
     from peft import inject_adapter_in_model
@@ -272,12 +276,17 @@ def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.
                 parameter.mul_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
     expected = run_diffusers(model, case.inputs)
     state = get_peft_model_state_dict(model)
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module._disable_adapters = True
+    tuners = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    half = None
+    if scalable:
+        for module in tuners:
+            module.scale_layer(0.5)
+        half = run_diffusers(model, case.inputs)
+    for module in tuners:
+        module._disable_adapters = True
     metadata = {"lora_adapter_metadata": json.dumps(config.to_dict(), default=sorted)}
     save_file({f"unet.{key}": value.contiguous() for key, value in state.items()}, path, metadata=metadata)
-    return path, expected
+    return path, expected, half
 
 
 def _peft_config(kind: str, targets: list[str]) -> Any:
@@ -321,6 +330,7 @@ def _peft_block_diagonal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 PEFT_KINDS = ["loha", "loha_tucker", "lokr", "dora", "oft", "oft_cayley", "boft", "boft_butterfly"]
+PEFT_SCALABLE = {"loha", "loha_tucker", "lokr", "dora"}
 
 
 @pytest.mark.parametrize("kind", PEFT_KINDS)
@@ -328,7 +338,8 @@ def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path, monkeypatch: 
     if kind.startswith("boft"):
         _peft_block_diagonal(monkeypatch)
     targets = _peft_targets(case, kind)
-    path, expected = _peft_file(case, _peft_config(kind, targets), tmp_path / f"{kind}.safetensors")
+    scalable = kind in PEFT_SCALABLE  # PEFT ignores scaling for OFT and BOFT
+    path, expected, half = _peft_file(case, _peft_config(kind, targets), tmp_path / f"{kind}.safetensors", scalable)
     before = snapshot(case.unet)
     manager = LoraManager(case.unet)
     try:
@@ -340,6 +351,13 @@ def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path, monkeypatch: 
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
         manager.fuse()
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
+        if half is not None:  # rescaled, fused and unfused, against peft's scale_layer(0.5)
+            assert (half - expected).abs().max() > 1e-3
+            manager.set_scale(kind, 0.5)
+            torch.testing.assert_close(case.ours(), half, atol=ATOL, rtol=0)
+            manager.unfuse()
+            torch.testing.assert_close(case.ours(), half, atol=ATOL, rtol=0)
+            manager.fuse()
         if kind != "dora":  # PEFT DoRA at scale 0 keeps its magnitude: m * W / ||W||, not W
             manager.set_scale(kind, 0.0)
             torch.testing.assert_close(case.ours(), case.base, atol=ATOL, rtol=0)
