@@ -12,6 +12,7 @@ import torch
 
 from refiners_core.weights import save_state_dict
 from refiners_lora.errors import LoraError
+from refiners_lora.formats.common import TRANSFORMERS_WRAPPER
 from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
 from refiners_lora.formats.kohya import kohya_key_prefix
 from refiners_lora.formats.refiners import METADATA_KEY as REFINERS_METADATA_KEY
@@ -31,16 +32,22 @@ def _alpha_value(alpha: float) -> float | int:
     return int(alpha) if float(alpha).is_integer() else alpha
 
 
+def _config_name(component: str, module: str) -> str:
+    # PEFT matches target names as suffixes: without `text_model.` they fit CLIPTextModel with and without that
+    # level (transformers >= 5 flattens it, and diffusers then drops it from the keys but not from the config)
+    return module.removeprefix(TRANSFORMERS_WRAPPER) if component.startswith("text_encoder") else module
+
+
 def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet") -> dict[str, Any]:
-    """One PEFT config dict describing ``layers`` (module -> the config fields of its layer) exactly.
+    """One PEFT config dict describing ``layers`` (module -> the config fields of its layer) of ``component``.
 
     The most common rank and alpha become ``r`` and ``lora_alpha`` (or ``alpha``); the others go to
-    ``rank_pattern`` / ``alpha_pattern`` keyed by full module name. Every other field must be the same
-    for all layers (``component`` names them in the error otherwise).
+    ``rank_pattern`` / ``alpha_pattern``. Module names are full, less a text encoder's ``text_model.``.
+    Every other field must be the same for all layers (the error names ``component`` otherwise).
     """
     config: dict[str, Any] = {"rank_pattern": {}, "alpha_pattern": {}}
     for field in sorted({field for fields in layers.values() for field in fields}):
-        values = {module: fields.get(field) for module, fields in layers.items()}
+        values = {_config_name(component, module): fields.get(field) for module, fields in layers.items()}
         if field in PATTERNS:
             common = _most_common(values.values())
             pattern = {module: value for module, value in values.items() if value != common}
@@ -55,7 +62,7 @@ def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet"
         if field in config:
             config[field] = _alpha_value(config[field])
     config["alpha_pattern"] = {module: _alpha_value(value) for module, value in config["alpha_pattern"].items()}
-    config["target_modules"] = sorted(layers)
+    config["target_modules"] = sorted(_config_name(component, module) for module in layers)
     return config
 
 
@@ -88,11 +95,28 @@ def diffusers_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor],
     return state, _adapter_metadata(configs)
 
 
+def kohya_prefixes(targets: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The kohya key prefix of each ``(component, module)``: ``lora_unet_<module_with_underscores>``, and for text
+    encoders ``lora_te_`` (or ``lora_te1_`` / ``lora_te2_`` with two) plus the module name under ``text_model``, as
+    kohya's trainers write it whether or not the loaded file had that level."""
+    targets = list(targets)
+    two_text_encoders = any(component == "text_encoder_2" for component, _ in targets)
+    prefixes: dict[tuple[str, str], str] = {}
+    for component, module in targets:
+        name = module
+        if component != "unet" and not name.startswith(TRANSFORMERS_WRAPPER):
+            name = TRANSFORMERS_WRAPPER + name
+        prefixes[component, module] = f"{kohya_key_prefix(component, two_text_encoders)}_{name.replace('.', '_')}"
+    return prefixes
+
+
 def kohya_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Keys ``lora_unet_<module_with_underscores>.lora_down.weight`` / ``lora_up.weight`` / ``alpha``."""
+    """Keys ``lora_unet_<module_with_underscores>.lora_down.weight`` / ``lora_up.weight`` / ``alpha`` (text
+    encoders: ``lora_te_``, or ``lora_te1_`` and ``lora_te2_`` when there are two)."""
     state: dict[str, torch.Tensor] = {}
-    for (component, module), (down, up, alpha) in tensors.items():
-        prefix = f"{kohya_key_prefix(component)}_{module.replace('.', '_')}"
+    prefixes = kohya_prefixes(tensors)
+    for target, (down, up, alpha) in tensors.items():
+        prefix = prefixes[target]
         state[f"{prefix}.lora_down.weight"] = down
         state[f"{prefix}.lora_up.weight"] = up
         state[f"{prefix}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
@@ -113,8 +137,9 @@ def write_deltas(states: Mapping[tuple[str, str], Mapping[str, torch.Tensor]], p
     """Write weight deltas ((component, module) -> {key suffix: tensor}) as a kohya / LyCORIS file:
     ``lora_unet_<module_with_underscores>.<suffix>``."""
     state: dict[str, torch.Tensor] = {}
-    for (component, module), tensors in states.items():
-        prefix = f"{kohya_key_prefix(component)}_{module.replace('.', '_')}"
+    prefixes = kohya_prefixes(states)
+    for target, tensors in states.items():
+        prefix = prefixes[target]
         for suffix, tensor in tensors.items():
             state[f"{prefix}.{suffix}"] = tensor.detach().contiguous()
     return save_state_dict(state, path, metadata={"format": "pt"})

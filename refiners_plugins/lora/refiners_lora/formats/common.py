@@ -10,6 +10,8 @@ import torch
 from refiners_lora.deltas.base import scalar_alpha
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+TRANSFORMERS_WRAPPER = "text_model."
+"""transformers releases differ on whether text models wrap their layers in ``text_model``: files have both."""
 
 
 @dataclass
