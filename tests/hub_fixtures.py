@@ -57,6 +57,7 @@ def hub_env(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "HF_HUB_DOWNLOAD_TIMEOUT": "10",
         "HF_HUB_ETAG_TIMEOUT": "10",
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # refiners-registry's records of verified files
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     }

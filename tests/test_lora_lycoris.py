@@ -1,5 +1,5 @@
 """refiners-lora: every LyCORIS algorithm (LoCon + Tucker, LoHa, LoKr, DoRA, full diff, (IA)^3, OFT,
-BOFT, GLoRA, norm) and PEFT's LoHa, LoKr, DoRA and OFT against their reference implementations on tiny SD1.5 and
+BOFT, GLoRA, norm) and PEFT's LoHa, LoKr, DoRA, OFT and BOFT against their reference implementations on tiny SD1.5 and
 SDXL UNets: unfused, fused, rescaled and removed.
 
 The lycoris-lora modules are applied to the diffusers UNet (their forward is the reference) and
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from refiners_lora import LoraError, LoraManager
+from safetensors import safe_open
 from test_lora import assert_same, snapshot
 from torch import nn
 
@@ -280,10 +281,14 @@ def test_wrong_layer_kind_and_mixed_keys_are_listed(case: LycorisCase) -> None:
     assert_same(case.unet, before)
 
 
-# ---- PEFT LoHa, LoKr, DoRA and OFT ------------------------------------------------------------------
+# ---- PEFT LoHa, LoKr, DoRA, OFT and BOFT ------------------------------------------------------------------
 
 
-def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.Tensor]:
+def _peft_file(
+    case: LycorisCase, config: Any, path: Path, scalable: bool = False
+) -> tuple[Path, torch.Tensor, torch.Tensor | None]:
+    """Write ``config``'s adapter (random weights) on the diffusers UNet in PEFT format; return the file,
+    peft's output and, when ``scalable``, peft's output with every layer scaled by 0.5."""
     import json
 
     from peft import inject_adapter_in_model
@@ -296,22 +301,27 @@ def _peft_file(case: LycorisCase, config: Any, path: Path) -> tuple[Path, torch.
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if any(part in name for part in ("hada_", "lokr_", "lora_A", "lora_B", "oft_R")):
+            if any(part in name for part in ("hada_", "lokr_", "lora_A", "lora_B", "oft_R", "boft_R")):
                 parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
-            elif "lora_magnitude_vector" in name:
+            elif "lora_magnitude_vector" in name or "boft_s" in name:
                 parameter.mul_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
     expected = run_diffusers(model, case.inputs)
     state = get_peft_model_state_dict(model)
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module._disable_adapters = True
+    tuners = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    half = None
+    if scalable:
+        for module in tuners:
+            module.scale_layer(0.5)
+        half = run_diffusers(model, case.inputs)
+    for module in tuners:
+        module._disable_adapters = True
     metadata = {"lora_adapter_metadata": json.dumps(config.to_dict(), default=sorted)}
     save_file({f"unet.{key}": value.contiguous() for key, value in state.items()}, path, metadata=metadata)
-    return path, expected
+    return path, expected, half
 
 
 def _peft_config(kind: str, targets: list[str]) -> Any:
-    from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
+    from peft import BOFTConfig, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
     if kind == "loha":
         return LoHaConfig(r=4, alpha=2, target_modules=targets, init_weights=False)
@@ -321,6 +331,10 @@ def _peft_config(kind: str, targets: list[str]) -> Any:
         return OFTConfig(r=0, oft_block_size=4, target_modules=targets, init_weights=False)
     if kind == "oft_cayley":
         return OFTConfig(r=0, oft_block_size=4, target_modules=targets, use_cayley_neumann=False, init_weights=False)
+    if kind == "boft":
+        return BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=1, target_modules=targets, init_weights=False)
+    if kind == "boft_butterfly":
+        return BOFTConfig(boft_block_size=2, boft_n_butterfly_factor=2, target_modules=targets, init_weights=False)
     if kind == "lokr":
         return LoKrConfig(r=4, alpha=2, target_modules=targets, decompose_both=True, init_weights=False)
     return LoraConfig(r=4, lora_alpha=2, target_modules=targets, use_dora=True, init_lora_weights=False)
@@ -334,23 +348,58 @@ def _peft_targets(case: LycorisCase, kind: str) -> list[str]:
     return [name for name in case.targets if getattr(case.model.get_submodule(name), "kernel_size", (1, 1)) == (1, 1)]
 
 
-@pytest.mark.parametrize("kind", ["loha", "loha_tucker", "lokr", "dora", "oft", "oft_cayley"])
-def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path) -> None:
+def _peft_block_diagonal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PEFT builds BOFT's block-diagonal stages with a CUDA extension, and falls back to one stage without it;
+    its CPU fallback (``torch.block_diag`` of each stage's blocks) stands in for the extension."""
+    import peft.tuners.boft.layer as boft_layer
+
+    def block_diagonal(blocks: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.block_diag(*stage) for stage in blocks])
+
+    monkeypatch.setattr(boft_layer, "_FBD_CUDA", object())
+    monkeypatch.setattr(boft_layer.FastBlockDiag, "apply", staticmethod(block_diagonal))
+
+
+PEFT_KINDS = ["loha", "loha_tucker", "lokr", "dora", "oft", "oft_cayley", "boft", "boft_butterfly"]
+PEFT_SCALABLE = {"loha", "loha_tucker", "lokr", "dora"}
+
+
+@pytest.mark.parametrize("kind", PEFT_KINDS)
+def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kind.startswith("boft"):
+        _peft_block_diagonal(monkeypatch)
     targets = _peft_targets(case, kind)
-    path, expected = _peft_file(case, _peft_config(kind, targets), tmp_path / f"{kind}.safetensors")
+    scalable = kind in PEFT_SCALABLE  # PEFT ignores scaling for OFT and BOFT
+    path, expected, half = _peft_file(case, _peft_config(kind, targets), tmp_path / f"{kind}.safetensors", scalable)
     before = snapshot(case.unet)
     manager = LoraManager(case.unet)
     try:
         manager.add(kind, path)
         assert len(manager.layers_of(kind)) == len(targets)
+        if kind == "boft_butterfly":
+            assert {delta.state()["boft_R"].shape[0] for delta in manager.layers_of(kind).values()} == {2}
         assert (expected - case.base).abs().max() > 1e-3  # the file does change the output
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
         manager.fuse()
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
+        if half is not None:  # rescaled, fused and unfused, against peft's scale_layer(0.5)
+            assert (half - expected).abs().max() > 1e-3
+            manager.set_scale(kind, 0.5)
+            torch.testing.assert_close(case.ours(), half, atol=ATOL, rtol=0)
+            manager.unfuse()
+            torch.testing.assert_close(case.ours(), half, atol=ATOL, rtol=0)
+            manager.fuse()
         if kind != "dora":  # PEFT DoRA at scale 0 keeps its magnitude: m * W / ||W||, not W
             manager.set_scale(kind, 0.0)
             torch.testing.assert_close(case.ours(), case.base, atol=ATOL, rtol=0)
         manager.unfuse()
+        # saved (PEFT layout for the PEFT-only algorithms, LyCORIS keys for LoHa) and read back: the same
+        saved = manager.save(kind, tmp_path / "saved.safetensors")
+        with safe_open(saved, "pt") as file:
+            assert all(key.startswith("unet.") for key in file.keys()) == (kind not in ("loha", "loha_tucker"))
+        manager.remove(kind)
+        manager.add("saved", saved)
+        torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)
     finally:
         manager.remove_all()
     assert_same(case.unet, before)

@@ -170,6 +170,25 @@ def test_text_encoder_lora_parity_from_python(case: Case, layout: str) -> None:
     assert (pipeline.generate_latents(PROMPT, **OPTIONS) - bare).abs().max().item() < TOLERANCE
 
 
+@pytest.mark.parametrize("layout", ["diffusers", "kohya"])
+def test_saved_text_encoder_lora_loads_in_diffusers(case: Case, layout: str, tmp_path: Path) -> None:
+    # what LoraManager.save writes (lora_te_ for one text encoder, lora_te1_/lora_te2_ for two; PEFT configs
+    # without `text_model.`) gives diffusers' own result for the original file
+    from refiners_sd import load_pipeline
+    from safetensors import safe_open
+
+    pipeline = load_pipeline(case.folder, device="cpu", dtype=torch.float32, solver="ddim")
+    handle = load_adapter(pipeline, case.diffusers_file)
+    saved = handle.manager.save(handle.name, tmp_path / "saved.safetensors", format=layout)
+    with safe_open(saved, "pt") as file:
+        prefixes = {key.split("_text_model")[0] for key in file.keys() if "_text_model" in key}
+    if layout == "kohya":
+        assert prefixes == ({"lora_te"} if case.architecture == "sd15" else {"lora_te1", "lora_te2"})
+    expected = case.diffusers_latents(case.diffusers_file)
+    difference = (case.diffusers_latents(saved) - expected).abs().max().item()
+    assert difference < TOLERANCE
+
+
 def test_text_encoder_lora_parity_from_the_cli(case: Case, tmp_path: Path) -> None:
     lora = case.kohya_file if case.architecture == "sd15" else case.diffusers_file
     output = tmp_path / "out.png"

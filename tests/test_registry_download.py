@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,45 @@ def test_pull_downloads_and_checks(hub_catalog: HubCatalog) -> None:
     gets = hub_catalog.hub.count("GET", "/resolve/")
     assert registry.pull("test/lora-tiny") == path
     assert hub_catalog.hub.count("GET", "/resolve/") == gets
+
+
+def test_unchanged_file_is_hashed_once_and_a_changed_one_again(
+    hub_catalog: HubCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import refiners_registry.download as download
+    import refiners_registry.verified as verified
+
+    hashed: list[Path] = []
+    real_sha256 = download.sha256_file
+
+    def counting_sha256(path: Path) -> str:
+        hashed.append(path)
+        return real_sha256(path)
+
+    monkeypatch.setattr(download, "sha256_file", counting_sha256)
+    registry = _registry(hub_catalog)
+    path = registry.pull("test/lora-tiny")
+    registry.pull("test/lora-tiny")
+    assert len(hashed) == 2  # recorded right after the download: not settled yet, hashed again
+    monkeypatch.setattr(verified, "SETTLED_NS", 0)  # as if recorded long after the download
+    registry.pull("test/lora-tiny")
+    registry.load("test/lora-tiny")
+    assert len(hashed) == 2  # trusted: unchanged since it was hashed
+    records = list((Path(hub_catalog.env["XDG_CACHE_HOME"]) / "refiners" / "verified").iterdir())
+    assert len(records) == 1 and not (Path(hub_catalog.env["HF_HOME"]) / "hub" / "refiners").exists()
+    registry.pull("test/lora-tiny", force=True)
+    assert len(hashed) == 3  # force always hashes
+    time.sleep(0.05)  # past the file system's timestamp tick (the settling margin, zeroed here, covers it)
+    # the same size and modification time, other bytes: the status-change time tells, and it is refused
+    blob = Path(os.path.realpath(path))
+    stat = blob.stat()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(HashMismatchError):
+        registry.pull("test/lora-tiny")
+    assert len(hashed) == 4 and not blob.exists()
 
 
 def test_multi_file_entry_returns_folder(hub_catalog: HubCatalog) -> None:

@@ -3,7 +3,8 @@
 huggingface_hub owns the transfer and the cache: its layout, file locks, resumable downloads into
 temporary files renamed atomically, ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``
 and tokens; files are looked up with its ``try_to_load_from_cache``. It only checks sizes, so every file
-handed out here is hashed first.
+handed out here is hashed first, once: a file hashed before and unchanged since is trusted without being
+read again (see :mod:`refiners_registry.verified`).
 
 A file that does not match the catalog is refused, and removed only when it is provably corrupt: the
 cache stores each blob under the hash the server announced (sha256 for large files, the git object id
@@ -33,6 +34,7 @@ from refiners_registry.errors import (
     RegistryError,
     SizeExceededError,
 )
+from refiners_registry.verified import forget_verified, is_verified, remember_verified
 
 __all__ = [
     "CHUNK_SIZE",
@@ -235,14 +237,26 @@ def _discard_local(local_dir: Path, downloaded: Path) -> str:
 
 
 def check_file(
-    name: str, file: SourceFile, downloaded: Path, local_dir: Path | None = None, *, cache_dir: Path, repo_id: str
+    name: str,
+    file: SourceFile,
+    downloaded: Path,
+    local_dir: Path | None = None,
+    *,
+    cache_dir: Path,
+    repo_id: str,
+    report: Callable[[str], None] | None = None,
 ) -> None:
-    """Hash ``downloaded``; on mismatch deal with it (see the module docstring) and raise :class:`HashMismatchError`.
+    """Hash ``downloaded`` (unless it was hashed before and is unchanged since); on mismatch deal with it (see the
+    module docstring) and raise :class:`HashMismatchError`.
 
     Raises:
         FileNotFoundError: the file vanished while being checked (another process removed a corrupt blob).
         LocalIOError: it cannot be read.
     """
+    if is_verified(downloaded, file.sha256):
+        return
+    if report is not None:
+        report(f"verifying sha256 of {file.path}")
     try:
         got = sha256_file(downloaded)
     except FileNotFoundError:
@@ -250,7 +264,9 @@ def check_file(
     except OSError as error:
         raise LocalIOError(f"{name}: cannot read {downloaded}: {_describe_os_error(error)}") from error
     if got == file.sha256:
+        remember_verified(downloaded, got)
         return
+    forget_verified(downloaded)
     if local_dir is None:
         outcome = _discard_cached(cache_dir, repo_id, downloaded, got)
     else:
@@ -309,10 +325,10 @@ def fetch_file(
     validate_relative_path(file.path)
     for attempt in range(2):
         result = _download(name, repo_id, revision, file, cache_dir, local_dir, force, offline, endpoint)
-        if report is not None:
-            report(f"verifying sha256 of {file.path}")
+        if force:
+            forget_verified(result)
         try:
-            check_file(name, file, result, local_dir, cache_dir=cache_dir, repo_id=repo_id)
+            check_file(name, file, result, local_dir, cache_dir=cache_dir, repo_id=repo_id, report=report)
         except FileNotFoundError as error:  # another process removed a corrupt copy meanwhile: fetch it again
             if attempt == 0 and not offline:
                 continue

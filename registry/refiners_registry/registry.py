@@ -30,6 +30,7 @@ from refiners_registry.errors import (
 )
 from refiners_registry.requirements import ensure_plugin
 from refiners_registry.sources import collect_sources
+from refiners_registry.verified import forget_verified, remember_verified
 
 if TYPE_CHECKING:
     import torch
@@ -230,6 +231,10 @@ class Registry:
                 got = sha256_file(local)
             except OSError as error:
                 raise LocalIOError(f"{name}: cannot read {local}: {error.strerror or error}") from error
+            if got == file.sha256:
+                remember_verified(local, got)
+            else:
+                forget_verified(local)
             checks.append(FileCheck(file.path, "ok" if got == file.sha256 else "mismatch", file.sha256, got, local))
         return VerifyResult(entry.name, tuple(checks))
 

@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "Ia3Delta": "refiners_lora.deltas.ia3",
     "OftDelta": "refiners_lora.deltas.oft",
     "PeftOftDelta": "refiners_lora.deltas.peft_oft",
+    "PeftBoftDelta": "refiners_lora.deltas.peft_boft",
     "BoftDelta": "refiners_lora.deltas.boft",
     "NormDelta": "refiners_lora.deltas.norm",
     "GloraDelta": "refiners_lora.deltas.glora",
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from refiners_lora.deltas.lokr import LokrDelta
     from refiners_lora.deltas.norm import NormDelta
     from refiners_lora.deltas.oft import OftDelta
+    from refiners_lora.deltas.peft_boft import PeftBoftDelta
     from refiners_lora.deltas.peft_oft import PeftOftDelta
     from refiners_lora.errors import LoraError
     from refiners_lora.formats import detect_format, parse_lora

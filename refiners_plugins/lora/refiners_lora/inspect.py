@@ -53,6 +53,8 @@ def _algorithm(entry: Any) -> str:
         return f"dora ({entry.algorithm})"
     if entry.algorithm == "lora" and "lora_mid.weight" in entry.tensors:
         return "locon (tucker)"
+    if entry.algorithm.startswith("peft_"):
+        return f"{entry.algorithm.removeprefix('peft_')} (peft)"  # PEFT's OFT / BOFT rotate the input side
     return str(entry.algorithm)
 
 

@@ -3,7 +3,7 @@ LoCon with a Tucker core ``lora_mid``): the ``lora`` algorithm of the weight-del
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -98,6 +98,14 @@ class Lora(rc.Chain, WeightDelta):
             state["lora_mid.weight"] = mid.detach()
         state["alpha"] = torch.tensor(self.alpha)
         return state
+
+    def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``lora_A.weight`` / ``lora_B.weight`` with ``r`` and ``lora_alpha`` (``None`` with a Tucker core)."""
+        if self.mid is not None:
+            return None
+        down, up = self._weights()
+        tensors = {"lora_A.weight": down.detach(), "lora_B.weight": up.detach()}
+        return tensors, {"peft_type": "LORA", "r": self.rank, "lora_alpha": self.alpha}
 
     @torch.no_grad()
     def fuse(self) -> None:

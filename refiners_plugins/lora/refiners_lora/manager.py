@@ -22,7 +22,7 @@ from refiners_lora.hotswap import single_threaded
 from refiners_lora.layers import Lora
 from refiners_lora.metadata import read_lora_metadata
 from refiners_lora.module_map import ModuleMap, NameResolver, resolve_aliases, resolve_module_map
-from refiners_lora.writers import write_deltas, write_lora
+from refiners_lora.writers import write_deltas, write_lora, write_peft
 
 Target = tuple[str, str]  # (component, module name)
 _MANAGER_ATTRIBUTE = "_refiners_lora_manager"
@@ -457,10 +457,26 @@ class LoraManager:
         """Write ``name`` to a safetensors file in ``format`` (``diffusers``, ``kohya`` or ``refiners``).
 
         Ranks and alphas are kept (diffusers files carry them in ``lora_adapter_metadata``); the user
-        scale is not part of the file. A LoRA holding other algorithms (LoHa, LoKr, DoRA...) is written
-        in kohya / LyCORIS layout with each algorithm's own key names, whatever ``format`` says.
+        scale is not part of the file. Whatever ``format`` says, a LoRA holding other algorithms is
+        written in kohya / LyCORIS layout with each algorithm's own key names (LoHa, LoKr, DoRA...), or in
+        PEFT layout (diffusers keys, a PEFT config per component) when it holds an adapter only PEFT
+        describes (PEFT OFT, BOFT, DoRA or LoKr as read from a PEFT file). Either reads back the same.
+
+        Raises:
+            LoraError: a LoRA mixing PEFT-only layers with layers PEFT cannot describe, or PEFT layers
+                whose config fields differ (one PEFT config per component).
         """
         layers = self._require(name)
         if all(isinstance(delta, Lora) and delta.mid is None for delta in layers.values()):
             return write_lora(self.state_dict_of(name), path, format)
-        return write_deltas({target: delta.state() for target, delta in layers.items()}, path)
+        if not any(delta.peft_only for delta in layers.values()):
+            return write_deltas({target: delta.state() for target, delta in layers.items()}, path)
+        peft = {target: delta.peft_state() for target, delta in layers.items()}
+        missing = sorted(f"{component}.{module} ({layers[component, module].algorithm})"
+                         for (component, module), state in peft.items() if state is None)  # fmt: skip
+        if missing:
+            raise LoraError(
+                f"cannot save LoRA {name!r}: it holds PEFT-only layers and layers PEFT cannot describe: "
+                + ", ".join(missing)
+            )
+        return write_peft({target: state for target, state in peft.items() if state is not None}, path)

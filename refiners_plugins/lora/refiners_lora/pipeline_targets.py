@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from refiners_core.contracts import CONVENTION_DIFFUSERS, CONVENTION_LDM, CONVENTION_REFINERS, CONVENTION_TRANSFORMERS
-from refiners_lora.formats.common import COMPONENTS
+from refiners_lora.formats.common import COMPONENTS, TRANSFORMERS_WRAPPER
 from refiners_lora.manager import LoraManager
 from refiners_lora.module_map import NameResolver
 
@@ -21,8 +21,6 @@ PRIMARY_CONVENTIONS = (CONVENTION_DIFFUSERS, CONVENTION_TRANSFORMERS, CONVENTION
 """The convention LoRA module names are matched in, first known first (dotted names in files use these)."""
 ALIAS_CONVENTIONS = (CONVENTION_LDM,)
 """Other conventions whose names (with ``_`` for ``.``, as kohya files write them) resolve to the same layers."""
-TRANSFORMERS_WRAPPER = "text_model."
-"""transformers releases differ on whether text models wrap their layers in ``text_model``: files have both."""
 
 
 def is_pipeline(target: Any) -> bool:

@@ -11,7 +11,6 @@ tensor per module; diffusers: ``lora_adapter_metadata``), so every loader scales
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ from refiners_core.contracts import CONVENTION_DIFFUSERS, CONVENTION_TRANSFORMER
 from refiners_core.weights import save_state_dict
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import COMPONENTS
-from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
 from refiners_lora.layers import Lora
 from refiners_lora.loader import LoraHandle
 from refiners_lora.manager import LoraManager
@@ -51,25 +49,6 @@ def _targets(pipeline: Any, component: str) -> dict[str, nn.Module]:
     if not found:
         raise LoraError(f"the {component} of this pipeline has no attention projection to train a LoRA on")
     return found
-
-
-def _single_encoder_key(key: str) -> str:
-    return "lora_te_" + key.removeprefix("lora_te1_") if key.startswith("lora_te1_") else key
-
-
-def _portable_text_encoder_targets(header: dict[str, str]) -> dict[str, str]:
-    """Text-encoder module names in ``lora_adapter_metadata`` without ``text_model.``: PEFT matches target names
-    as suffixes, so they then fit CLIPTextModel with and without its ``text_model`` level (transformers >= 5
-    flattens it, and diffusers then drops ``text_model.`` from the keys but not from the metadata)."""
-    config = json.loads(header[DIFFUSERS_METADATA_KEY])
-    for key, value in config.items():
-        if not key.startswith("text_encoder"):
-            continue
-        if key.endswith(".target_modules"):
-            config[key] = sorted(name.removeprefix("text_model.") for name in value)
-        elif key.endswith("_pattern"):
-            config[key] = {name.removeprefix("text_model."): item for name, item in value.items()}
-    return {**header, DIFFUSERS_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
 
 
 def _initial_weights(layer: nn.Linear, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,11 +94,6 @@ class TrainableLora(LoraHandle):
             for target, (down, up, alpha) in self.manager.state_dict_of(self.name).items()
         }
         state, header = writers[format](tensors)
-        if format == "kohya" and not any(component == "text_encoder_2" for component, _ in tensors):
-            # one text encoder (SD 1.x): kohya's trainers write lora_te_, not lora_te1_
-            state = {_single_encoder_key(key): value for key, value in state.items()}
-        if format == "diffusers":
-            header = _portable_text_encoder_targets(header)
         return save_state_dict(state, path, metadata={**header, **dict(metadata or {})})
 
 

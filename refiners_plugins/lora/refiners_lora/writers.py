@@ -12,11 +12,15 @@ import torch
 
 from refiners_core.weights import save_state_dict
 from refiners_lora.errors import LoraError
+from refiners_lora.formats.common import TRANSFORMERS_WRAPPER
 from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
 from refiners_lora.formats.kohya import kohya_key_prefix
 from refiners_lora.formats.refiners import METADATA_KEY as REFINERS_METADATA_KEY
 
 LoraTensors = Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor, float]]
+PeftLayers = Mapping[tuple[str, str], tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]]
+# PEFT config fields that may differ per module, and the pattern field that holds the exceptions
+PATTERNS = {"r": "rank_pattern", "lora_alpha": "alpha_pattern", "alpha": "alpha_pattern"}
 SAVE_FORMATS = ("diffusers", "kohya", "refiners")
 
 
@@ -28,48 +32,91 @@ def _alpha_value(alpha: float) -> float | int:
     return int(alpha) if float(alpha).is_integer() else alpha
 
 
-def peft_config(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]]) -> dict[str, Any]:
-    """A PEFT ``LoraConfig`` dict describing ``layers`` (module -> (down, up, alpha)) exactly.
+def _config_name(component: str, module: str) -> str:
+    # PEFT matches target names as suffixes: without `text_model.` they fit CLIPTextModel with and without that
+    # level (transformers >= 5 flattens it, and diffusers then drops it from the keys but not from the config)
+    return module.removeprefix(TRANSFORMERS_WRAPPER) if component.startswith("text_encoder") else module
 
-    The most common rank and alpha become ``r`` and ``lora_alpha``; the others go to
-    ``rank_pattern`` / ``alpha_pattern`` keyed by full module name.
+
+def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet") -> dict[str, Any]:
+    """One PEFT config dict describing ``layers`` (module -> the config fields of its layer) of ``component``.
+
+    The most common rank and alpha become ``r`` and ``lora_alpha`` (or ``alpha``); the others go to
+    ``rank_pattern`` / ``alpha_pattern``. Module names are full, less a text encoder's ``text_model.``.
+    Every other field must be the same for all layers (the error names ``component`` otherwise).
     """
-    ranks = {module: int(down.shape[0]) for module, (down, _, _) in layers.items()}
-    alphas = {module: float(alpha) for module, (_, _, alpha) in layers.items()}
-    rank = _most_common(ranks.values())
-    alpha = _most_common(alphas.values())
+    config: dict[str, Any] = {"rank_pattern": {}, "alpha_pattern": {}}
+    for field in sorted({field for fields in layers.values() for field in fields}):
+        values = {_config_name(component, module): fields.get(field) for module, fields in layers.items()}
+        if field in PATTERNS:
+            common = _most_common(values.values())
+            pattern = {module: value for module, value in values.items() if value != common}
+            config[field] = common
+            config[PATTERNS[field]].update(pattern)
+        elif len({json.dumps(value) for value in values.values()}) == 1:
+            config[field] = next(iter(values.values()))
+        else:
+            found = ", ".join(sorted({str(value) for value in values.values()}))
+            raise LoraError(f"cannot write the {component} layers as one PEFT config: their {field} differ ({found})")
+    for field in ("lora_alpha", "alpha"):
+        if field in config:
+            config[field] = _alpha_value(config[field])
+    config["alpha_pattern"] = {module: _alpha_value(value) for module, value in config["alpha_pattern"].items()}
+    config["target_modules"] = sorted(_config_name(component, module) for module in layers)
+    return config
+
+
+def _lora_config(down: torch.Tensor, alpha: float) -> dict[str, Any]:
     return {
-        "r": rank,
-        "lora_alpha": _alpha_value(alpha),
-        "rank_pattern": {module: value for module, value in ranks.items() if value != rank},
-        "alpha_pattern": {module: _alpha_value(value) for module, value in alphas.items() if value != alpha},
-        "target_modules": sorted(layers),
+        "r": int(down.shape[0]),
+        "lora_alpha": float(alpha),
         "use_rslora": False,
         "use_dora": False,
         "lora_bias": False,
     }
 
 
+def _adapter_metadata(configs: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, str]:
+    # one flat JSON object with `<component>.` prefixed fields, as diffusers writes it
+    metadata: dict[str, Any] = {}
+    for component, layers in configs.items():
+        metadata.update({f"{component}.{key}": value for key, value in peft_config(layers, component).items()})
+    return {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)}
+
+
 def diffusers_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Keys ``<component>.<module>.lora_A.weight`` / ``lora_B.weight``, and the ``lora_adapter_metadata`` header."""
     state: dict[str, torch.Tensor] = {}
-    by_component: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]] = {}
+    configs: dict[str, dict[str, dict[str, Any]]] = {}
     for (component, module), (down, up, alpha) in tensors.items():
         state[f"{component}.{module}.lora_A.weight"] = down
         state[f"{component}.{module}.lora_B.weight"] = up
-        by_component.setdefault(component, {})[module] = (down, up, alpha)
-    metadata: dict[str, Any] = {}
-    for component, layers in by_component.items():
-        metadata.update({f"{component}.{key}": value for key, value in peft_config(layers).items()})
-    header = {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)}
-    return state, header
+        configs.setdefault(component, {})[module] = _lora_config(down, alpha)
+    return state, _adapter_metadata(configs)
+
+
+def kohya_prefixes(targets: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The kohya key prefix of each ``(component, module)``: ``lora_unet_<module_with_underscores>``, and for text
+    encoders ``lora_te_`` (or ``lora_te1_`` / ``lora_te2_`` with two) plus the module name under ``text_model``, as
+    kohya's trainers write it whether or not the loaded file had that level."""
+    targets = list(targets)
+    two_text_encoders = any(component == "text_encoder_2" for component, _ in targets)
+    prefixes: dict[tuple[str, str], str] = {}
+    for component, module in targets:
+        name = module
+        if component != "unet" and not name.startswith(TRANSFORMERS_WRAPPER):
+            name = TRANSFORMERS_WRAPPER + name
+        prefixes[component, module] = f"{kohya_key_prefix(component, two_text_encoders)}_{name.replace('.', '_')}"
+    return prefixes
 
 
 def kohya_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Keys ``lora_unet_<module_with_underscores>.lora_down.weight`` / ``lora_up.weight`` / ``alpha``."""
+    """Keys ``lora_unet_<module_with_underscores>.lora_down.weight`` / ``lora_up.weight`` / ``alpha`` (text
+    encoders: ``lora_te_``, or ``lora_te1_`` and ``lora_te2_`` when there are two)."""
     state: dict[str, torch.Tensor] = {}
-    for (component, module), (down, up, alpha) in tensors.items():
-        prefix = f"{kohya_key_prefix(component)}_{module.replace('.', '_')}"
+    prefixes = kohya_prefixes(tensors)
+    for target, (down, up, alpha) in tensors.items():
+        prefix = prefixes[target]
         state[f"{prefix}.lora_down.weight"] = down
         state[f"{prefix}.lora_up.weight"] = up
         state[f"{prefix}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
@@ -90,11 +137,25 @@ def write_deltas(states: Mapping[tuple[str, str], Mapping[str, torch.Tensor]], p
     """Write weight deltas ((component, module) -> {key suffix: tensor}) as a kohya / LyCORIS file:
     ``lora_unet_<module_with_underscores>.<suffix>``."""
     state: dict[str, torch.Tensor] = {}
-    for (component, module), tensors in states.items():
-        prefix = f"{kohya_key_prefix(component)}_{module.replace('.', '_')}"
+    prefixes = kohya_prefixes(states)
+    for target, tensors in states.items():
+        prefix = prefixes[target]
         for suffix, tensor in tensors.items():
             state[f"{prefix}.{suffix}"] = tensor.detach().contiguous()
     return save_state_dict(state, path, metadata={"format": "pt"})
+
+
+def write_peft(layers: PeftLayers, path: str | Path) -> Path:
+    """Write layers in PEFT's own terms ((component, module) -> (tensors by PEFT key suffix, config fields))
+    as a diffusers file: keys ``<component>.<module>.<suffix>`` and one PEFT config per component in the
+    ``lora_adapter_metadata`` header."""
+    state: dict[str, torch.Tensor] = {}
+    configs: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for (component, module), (tensors, config) in layers.items():
+        for suffix, tensor in tensors.items():
+            state[f"{component}.{module}.{suffix}"] = tensor.detach().contiguous()
+        configs.setdefault(component, {})[module] = config
+    return save_state_dict(state, path, metadata=_adapter_metadata(configs))
 
 
 def write_lora(tensors: LoraTensors, path: str | Path, format: str = "diffusers") -> Path:

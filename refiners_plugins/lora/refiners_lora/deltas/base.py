@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +110,18 @@ class WeightDelta(rc.Module):
     def state(self) -> dict[str, torch.Tensor]:
         """This delta's tensors under the key suffixes of the file it came from (``hada_w1_a``...)."""
         raise NotImplementedError
+
+    @property
+    def peft_only(self) -> bool:
+        """Whether only PEFT's layout says exactly what this delta does (PEFT OFT and BOFT, PEFT DoRA
+        scaling, PEFT LoKr scale); such a LoRA is saved in PEFT layout."""
+        return False
+
+    def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """This delta as PEFT saves it: its tensors under PEFT key suffixes (``lora_A.weight``,
+        ``oft_R.weight``...) and the fields of the PEFT config that describe its layer (``peft_type``,
+        ``r``, ``lora_alpha`` or ``alpha``...); ``None`` when PEFT has no such adapter."""
+        return None
 
     # ---- defaults --------------------------------------------------------------------------------
 

@@ -15,12 +15,13 @@ from refiners_lora.deltas.loha import LohaDelta
 from refiners_lora.deltas.lokr import LokrDelta
 from refiners_lora.deltas.norm import NormDelta
 from refiners_lora.deltas.oft import OftDelta
+from refiners_lora.deltas.peft_boft import PeftBoftDelta
 from refiners_lora.deltas.peft_oft import PeftOftDelta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import DeltaWeights, LoraWeights
 from refiners_lora.layers import lora_from_weights
 
-IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora", "norm", "peft_oft")
+IMPLEMENTED = ("lora", "loha", "lokr", "full", "ia3", "oft", "boft", "glora", "norm", "peft_oft", "peft_boft")
 MAGNITUDES = ("dora_scale", "lora_magnitude_vector")
 
 
@@ -41,6 +42,7 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
             # PEFT scales every LoKr by alpha / r, whole factors included
             rank = entry.rank or delta.rank
             delta.factor = 1.0 if entry.alpha is None or rank is None else entry.alpha / rank
+            delta.peft_convention, delta.peft_rank = True, rank
         return delta
     if algorithm == "full":
         return FullDelta(target, tensors["diff"], tensors.get("diff_b"), scale)
@@ -59,6 +61,10 @@ def _core(target: nn.Module, entry: DeltaWeights, tensors: dict[str, torch.Tenso
         return BoftDelta(target, tensors["oft_blocks"], tensors.get("rescale"), entry.alpha, scale)
     if algorithm == "peft_oft":
         return PeftOftDelta(target, tensors["oft_R"], entry.neumann_terms, scale)
+    if algorithm == "peft_boft":
+        if not {"boft_R", "boft_s"} <= set(tensors):
+            raise LoraError("PEFT BOFT needs both boft_R and boft_s")
+        return PeftBoftDelta(target, tensors["boft_R"], tensors["boft_s"], scale)
     if algorithm == "norm":
         if "w_norm" not in tensors:
             raise LoraError("a norm delta needs w_norm")

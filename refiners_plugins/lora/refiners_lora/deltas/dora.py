@@ -13,6 +13,8 @@ Two conventions, told apart by where the magnitude comes from:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -82,6 +84,20 @@ class DoraDelta(WeightDelta):
         magnitude = self.magnitude.detach().reshape(self.__dict__["_magnitude_shape"])
         state["dora_scale" if self.convention == "kohya" else "lora_magnitude_vector"] = magnitude
         return state
+
+    @property
+    def peft_only(self) -> bool:
+        """A PEFT DoRA scales as PEFT does, which no kohya / LyCORIS file says."""
+        return self.convention == "peft"
+
+    def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The inner LoRA's PEFT tensors plus ``lora_magnitude_vector`` and ``use_dora`` (PEFT DoRA only)."""
+        inner = self.inner.peft_state()
+        if self.convention != "peft" or inner is None:
+            return None
+        tensors, config = inner
+        magnitude = self.magnitude.detach().reshape(self.__dict__["_magnitude_shape"])
+        return {**tensors, "lora_magnitude_vector": magnitude}, {**config, "use_dora": True}
 
     def extra_repr(self) -> str:
         side = "per output" if self.per_output else "per input"

@@ -6,6 +6,8 @@ With a Tucker core (convolutions), each product is ``t`` contracted with ``w_a``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -106,3 +108,8 @@ class LohaDelta(WeightDelta):
         state = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
         state["alpha"] = torch.tensor(self.alpha)
         return state
+
+    def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``hada_*`` tensors with ``r`` and ``alpha`` (PEFT LoHa scales by ``alpha / r`` too)."""
+        tensors = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        return tensors, {"peft_type": "LOHA", "r": self.rank, "alpha": self.alpha}

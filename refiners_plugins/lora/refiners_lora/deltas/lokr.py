@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,9 @@ class LokrDelta(WeightDelta):
         self.rank = rank
         self.alpha = alpha
         self.factor = 1.0 if rank is None or not alpha else alpha / rank
+        # PEFT scales every LoKr by alpha / r, whole factors included (set by the PEFT reader)
+        self.peft_convention = False
+        self.peft_rank: int | None = None
         self._check_shapes(tensors)  # now, not at the first forward
 
     def _check_shapes(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -132,3 +136,14 @@ class LokrDelta(WeightDelta):
         if self.alpha is not None:
             state["alpha"] = torch.tensor(self.alpha)
         return state
+
+    @property
+    def peft_only(self) -> bool:
+        """A LoKr read from a PEFT file keeps PEFT's ``alpha / r`` scale (LyCORIS files drop it for whole factors)."""
+        return self.peft_convention
+
+    def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``lokr_*`` tensors, with ``r`` and ``alpha`` giving this delta's scale as ``alpha / r``."""
+        tensors = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        rank = self.peft_rank or self.rank or 1
+        return tensors, {"peft_type": "LOKR", "r": rank, "alpha": self.factor * rank}

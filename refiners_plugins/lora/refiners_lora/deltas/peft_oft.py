@@ -10,6 +10,8 @@ is ``s * (W' - W)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -43,11 +45,11 @@ class PeftOftDelta(WeightDelta):
         upper = vectors.new_zeros(vectors.shape[0], self.size, self.size)
         upper[:, rows, cols] = vectors
         skew = upper - upper.transpose(1, 2)
-        identity = torch.eye(self.size, device=vectors.device, dtype=vectors.dtype).expand_as(skew)
         terms = self.neumann_terms
         if terms is None:
-            rotation = torch.linalg.solve(identity + skew, identity - skew, left=False)
+            rotation = cayley(skew)
         else:
+            identity = torch.eye(self.size, device=vectors.device, dtype=vectors.dtype).expand_as(skew)
             # PEFT's series: 2Q for 2 terms; else doubled powers up to max(2, n - 2), then Q^max(3, n - 1)
             doubled, last = (min(terms - 1, 1), 0) if terms <= 2 else (max(2, terms - 2), max(3, terms - 1))
             rotation = identity.clone()
@@ -66,3 +68,24 @@ class PeftOftDelta(WeightDelta):
     def state(self) -> dict[str, torch.Tensor]:
         """``oft_R.weight``."""
         return {"oft_R.weight": self.oft_R.detach()}
+
+    @property
+    def peft_only(self) -> bool:
+        """PEFT's OFT rotates input features: only its own layout says so."""
+        return True
+
+    def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``oft_R.weight`` with the block size and the Cayley-Neumann setting."""
+        config: dict[str, Any] = {"peft_type": "OFT", "r": 0, "oft_block_size": self.size}
+        config["use_cayley_neumann"] = self.neumann_terms is not None
+        if self.neumann_terms is not None:
+            config["num_cayley_neumann_terms"] = self.neumann_terms
+        return self.state(), config
+
+
+def cayley(skew: torch.Tensor) -> torch.Tensor:
+    """The Cayley rotations ``(I - S)(I + S)^-1`` of a batch of skew-symmetric ``S``, ``(..., n, n)``,
+    as PEFT's OFT and BOFT compute them (a linear solve in float32, returned in ``skew``'s dtype)."""
+    identity = torch.eye(skew.shape[-1], device=skew.device, dtype=torch.float32).expand_as(skew)
+    skew32 = skew.float()
+    return torch.linalg.solve(identity + skew32, identity - skew32, left=False).to(skew.dtype)

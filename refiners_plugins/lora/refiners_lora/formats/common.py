@@ -10,6 +10,8 @@ import torch
 from refiners_lora.deltas.base import scalar_alpha
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+TRANSFORMERS_WRAPPER = "text_model."
+"""transformers releases differ on whether text models wrap their layers in ``text_model``: files have both."""
 
 
 @dataclass
@@ -98,7 +100,7 @@ class DeltaWeights:
         component: ``"unet"``, ``"text_encoder"`` or ``"text_encoder_2"``.
         name: the target's module name as written in the file (see :class:`LoraWeights`).
         algorithm: ``lora`` (with a Tucker core or a DoRA magnitude), ``loha``, ``lokr``, ``full``,
-            ``ia3``, ``oft``, ``boft``, ``glora``, ``norm``, ``peft_oft`` (PEFT's OFT).
+            ``ia3``, ``oft``, ``boft``, ``glora``, ``norm``, ``peft_oft`` and ``peft_boft`` (PEFT's OFT and BOFT).
         tensors: the tensors by key suffix (``hada_w1_a``, ``lora_down.weight``, ``dora_scale``...),
             ``alpha`` excluded.
         alpha: the file's alpha, ``None`` when absent.

@@ -23,15 +23,15 @@ METADATA_KEY = "lora_adapter_metadata"
 _COMPONENT = r"(?:(unet|text_encoder|text_encoder_2)\.)?(?:base_model\.model\.)?"
 _KEY = re.compile(rf"^{_COMPONENT}(.+)\.(?:(lora_A|lora_B)(?:\.default)?\.weight|(alpha))$")
 _PEFT_EXTRA = re.compile(
-    rf"^{_COMPONENT}(.+)\.(lora_magnitude_vector|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|oft_R)"
+    rf"^{_COMPONENT}(.+)\.(lora_magnitude_vector|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|oft_R|boft_[Rs])"
     r"(?:\.default)?(?:\.weight)?$"
 )
 _PEFT_PREFIX = "base_model.model."
 
 
 def is_diffusers(keys: list[str]) -> bool:
-    """Whether the keys use PEFT's names (``lora_A`` / ``lora_B``, or PEFT LoHa / LoKr / OFT ``hada_`` /
-    ``lokr_`` / ``oft_R`` without kohya prefixes)."""
+    """Whether the keys use PEFT's names (``lora_A`` / ``lora_B``, or PEFT LoHa / LoKr / OFT / BOFT ``hada_`` /
+    ``lokr_`` / ``oft_R`` / ``boft_R`` without kohya prefixes)."""
     return any(".lora_A." in key or ".lora_B." in key or _PEFT_EXTRA.match(key) for key in keys)
 
 
@@ -129,14 +129,14 @@ def parse_diffusers(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[st
         layers.append(DeltaWeights(layer.component, layer.name, "lora", tensors, layer.alpha, keys, convention="peft"))
     for (component, name), parts in extras.items():
         keys = tuple(key for key, _ in parts.values())
-        algorithms = {suffix[:4] for suffix in parts}  # lora, hada, lokr, oft_
+        algorithms = {suffix[:4] for suffix in parts}  # lora, hada, lokr, oft_, boft
         if len(algorithms) != 1 or algorithms == {"lora"}:
             invalid.extend(keys)  # a magnitude without its LoRA pair, or mixed algorithms
             continue
         config = configs.get(component, {})
         rank = config_rank(config, name)
         alpha = config_alpha(config, name, rank or 1) if config else None
-        algorithm = {"hada": "loha", "lokr": "lokr", "oft_": "peft_oft"}[algorithms.pop()]
+        algorithm = {"hada": "loha", "lokr": "lokr", "oft_": "peft_oft", "boft": "peft_boft"}[algorithms.pop()]
         tensors = {suffix: tensor for suffix, (_, tensor) in parts.items()}
         entry = DeltaWeights(component, name, algorithm, tensors, alpha, keys, convention="peft", rank=rank)
         if algorithm == "peft_oft":

@@ -78,6 +78,9 @@ def parse_kohya(state_dict: Mapping[str, torch.Tensor]) -> ParsedLora:
     return ParsedLora("kohya", layers, unknown + invalid)
 
 
-def kohya_key_prefix(component: str) -> str:
-    """The kohya key prefix written for ``component`` (``lora_unet``, ``lora_te1``, ``lora_te2``)."""
-    return {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}[component]
+def kohya_key_prefix(component: str, two_text_encoders: bool) -> str:
+    """The kohya key prefix written for ``component``: ``lora_unet``, ``lora_te`` (a single text encoder, as
+    for SD 1.x), ``lora_te1`` and ``lora_te2`` (two text encoders, as for SDXL)."""
+    if component == "text_encoder":
+        return "lora_te1" if two_text_encoders else "lora_te"
+    return {"unet": "lora_unet", "text_encoder_2": "lora_te2"}[component]
