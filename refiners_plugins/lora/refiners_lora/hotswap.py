@@ -7,32 +7,11 @@ too; layers a new file does not touch get zero weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
 from refiners_lora.errors import LoraError
 from refiners_lora.layers import Conv2dLora, LinearLora, Lora
-
-
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch's CPU ops on one intra-op thread, then restore the thread count (usable as a decorator).
-
-    A hot-swap is hundreds of small copies and checks: each one split across threads costs a thread
-    wake-up, which on a busy CPU takes longer than the copy itself (see bench/README.md).
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class PaddedLora(Lora):

@@ -18,7 +18,6 @@ from refiners_lora.deltas.build import build_delta
 from refiners_lora.errors import LoraError
 from refiners_lora.formats import parse_lora, read_lora_file
 from refiners_lora.formats.common import COMPONENTS, DeltaWeights, LoraWeights
-from refiners_lora.hotswap import single_threaded
 from refiners_lora.layers import Lora
 from refiners_lora.metadata import read_lora_metadata
 from refiners_lora.module_map import ModuleMap, NameResolver, resolve_aliases, resolve_module_map
@@ -292,7 +291,6 @@ class LoraManager:
             raise LoraError(f"cannot hot-swap LoRA {name!r}: " + "; ".join(problems))
         return resolved
 
-    @single_threaded()
     def add_hotswappable(
         self,
         name: str,
@@ -345,13 +343,10 @@ class LoraManager:
         self.model.__dict__[_MANAGER_ATTRIBUTE] = self
         return self
 
-    @single_threaded()
     def hotswap(
         self, name: str, weights: str | Path | Mapping[str, torch.Tensor], *, allow_pickle: bool = False
     ) -> None:
         """Replace the LoRA loaded by :meth:`add_hotswappable` as ``name`` by ``weights``, in place.
-
-        The copies run on one CPU thread (they are small; see :func:`~refiners_lora.hotswap.single_threaded`).
 
         Raises:
             LoraError: a layer outside the targets fixed up front, a rank above ``max_rank``, a layer
