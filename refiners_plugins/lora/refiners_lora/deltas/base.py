@@ -157,11 +157,12 @@ class WeightDelta(rc.Module):
 
     def _fusing(self) -> None:
         # the first delta fused into a layer keeps its exact weights, so that unfusing the last one
-        # gives them back bit for bit (float additions do not cancel exactly)
+        # gives them back bit for bit (float additions do not cancel exactly); in host memory, so that
+        # fusing on an accelerator costs no device memory
         target = self.target
         state = target.__dict__.setdefault(_FUSED_STATE, {"count": 0, "weight": None, "bias": None})
         if state["count"] == 0:
-            state["weight"] = target.weight.detach().clone()
+            state["weight"] = target.weight.detach().to("cpu", copy=True)
             state["bias"] = None  # kept by the first delta that changes the bias (see fuse)
         state["count"] += 1
 
@@ -195,7 +196,7 @@ class WeightDelta(rc.Module):
         if bias is not None and self.target.bias is not None:
             state = self.target.__dict__[_FUSED_STATE]
             if state["bias"] is None:  # no delta fused so far changed it: still the original
-                state["bias"] = self.target.bias.detach().clone()
+                state["bias"] = self.target.bias.detach().to("cpu", copy=True)
             bias = (bias * self.scale).to(self.target.bias.dtype)
             self.target.bias.add_(bias)
             self.__dict__["_fused_bias"] = bias
