@@ -320,6 +320,27 @@ def _peft_file(
     return path, expected, half
 
 
+def _peft_reads(case: LycorisCase, path: Path) -> torch.Tensor:
+    """peft's own output for a PEFT-layout file written by refiners-lora, its config rebuilt from the header."""
+    import dataclasses
+    import json
+
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from safetensors.torch import load_file
+    from sd_fixtures import run_diffusers
+
+    with safe_open(path, "pt") as file:
+        header = json.loads(file.metadata()["lora_adapter_metadata"])
+    fields = {key.removeprefix("unet."): value for key, value in header.items() if key.startswith("unet.")}
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING[fields.pop("peft_type")]
+    assert set(fields) <= {field.name for field in dataclasses.fields(config_class)}  # all of them peft's fields
+    model = inject_adapter_in_model(config_class(**fields), copy.deepcopy(case.model))
+    state = {key.removeprefix("unet."): value for key, value in load_file(path).items()}
+    assert not set_peft_model_state_dict(model, state).unexpected_keys
+    return run_diffusers(model, case.inputs)
+
+
 def _peft_config(kind: str, targets: list[str]) -> Any:
     from peft import BOFTConfig, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
@@ -397,6 +418,8 @@ def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path, monkeypatch: 
         saved = manager.save(kind, tmp_path / "saved.safetensors")
         with safe_open(saved, "pt") as file:
             assert all(key.startswith("unet.") for key in file.keys()) == (kind not in ("loha", "loha_tucker"))
+        if kind not in ("loha", "loha_tucker"):  # and peft reads the PEFT layout back, with its own result
+            torch.testing.assert_close(_peft_reads(case, saved), expected, atol=ATOL, rtol=0)
         manager.remove(kind)
         manager.add("saved", saved)
         torch.testing.assert_close(case.ours(), expected, atol=ATOL, rtol=0)

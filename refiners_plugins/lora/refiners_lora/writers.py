@@ -21,6 +21,9 @@ LoraTensors = Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor, float]]
 PeftLayers = Mapping[tuple[str, str], tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]]
 # PEFT config fields that may differ per module, and the pattern field that holds the exceptions
 PATTERNS = {"r": "rank_pattern", "lora_alpha": "alpha_pattern", "alpha": "alpha_pattern"}
+# PEFT flags that apply only where a layer allows them (a Tucker core on kxk convolutions, a decomposed w1
+# where the rank is small enough): set when any layer uses them
+ANY_OF = ("decompose_both", "use_effective_conv2d")
 SAVE_FORMATS = ("diffusers", "kohya", "refiners")
 
 
@@ -43,16 +46,19 @@ def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet"
 
     The most common rank and alpha become ``r`` and ``lora_alpha`` (or ``alpha``); the others go to
     ``rank_pattern`` / ``alpha_pattern``. Module names are full, less a text encoder's ``text_model.``.
-    Every other field must be the same for all layers (the error names ``component`` otherwise).
+    The flags of :data:`ANY_OF` are set when any layer uses them; every other field must be the same for
+    all layers (the error names ``component`` otherwise).
     """
-    config: dict[str, Any] = {"rank_pattern": {}, "alpha_pattern": {}}
+    config: dict[str, Any] = {}
     for field in sorted({field for fields in layers.values() for field in fields}):
         values = {_config_name(component, module): fields.get(field) for module, fields in layers.items()}
         if field in PATTERNS:
             common = _most_common(values.values())
             pattern = {module: value for module, value in values.items() if value != common}
             config[field] = common
-            config[PATTERNS[field]].update(pattern)
+            config.setdefault(PATTERNS[field], {}).update(pattern)
+        elif field in ANY_OF:
+            config[field] = any(bool(value) for value in values.values())
         elif len({json.dumps(value) for value in values.values()}) == 1:
             config[field] = next(iter(values.values()))
         else:
@@ -61,7 +67,8 @@ def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet"
     for field in ("lora_alpha", "alpha"):
         if field in config:
             config[field] = _alpha_value(config[field])
-    config["alpha_pattern"] = {module: _alpha_value(value) for module, value in config["alpha_pattern"].items()}
+    if "alpha_pattern" in config:
+        config["alpha_pattern"] = {module: _alpha_value(value) for module, value in config["alpha_pattern"].items()}
     config["target_modules"] = sorted(_config_name(component, module) for module in layers)
     return config
 

@@ -112,4 +112,5 @@ class LohaDelta(WeightDelta):
     def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """``hada_*`` tensors with ``r`` and ``alpha`` (PEFT LoHa scales by ``alpha / r`` too)."""
         tensors = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
-        return tensors, {"peft_type": "LOHA", "r": self.rank, "alpha": self.alpha}
+        config = {"peft_type": "LOHA", "r": self.rank, "alpha": self.alpha, "use_effective_conv2d": self.tucker}
+        return tensors, config

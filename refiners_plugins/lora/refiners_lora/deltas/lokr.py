@@ -146,4 +146,7 @@ class LokrDelta(WeightDelta):
         """``lokr_*`` tensors, with ``r`` and ``alpha`` giving this delta's scale as ``alpha / r``."""
         tensors = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
         rank = self.peft_rank or self.rank or 1
-        return tensors, {"peft_type": "LOKR", "r": rank, "alpha": self.factor * rank}
+        config = {"peft_type": "LOKR", "r": rank, "alpha": self.factor * rank}
+        config["decompose_both"] = "lokr_w1_a" in tensors
+        config["use_effective_conv2d"] = "lokr_t2" in tensors
+        return tensors, config

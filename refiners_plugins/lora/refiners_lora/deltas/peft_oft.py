@@ -76,7 +76,7 @@ class PeftOftDelta(WeightDelta):
 
     def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """``oft_R.weight`` with the block size and the Cayley-Neumann setting."""
-        config: dict[str, Any] = {"peft_type": "OFT", "r": 0, "oft_block_size": self.size}
+        config: dict[str, Any] = {"peft_type": "OFT", "oft_block_size": self.size}
         config["use_cayley_neumann"] = self.neumann_terms is not None
         if self.neumann_terms is not None:
             config["num_cayley_neumann_terms"] = self.neumann_terms
