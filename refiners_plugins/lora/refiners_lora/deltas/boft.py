@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from refiners_lora.deltas.base import WeightDelta
-from refiners_lora.deltas.oft import rescale_parameter
+from refiners_lora.deltas.oft import constrained_cayley, rescale_parameter, rotation_state
 from refiners_lora.errors import LoraError
 
 
@@ -48,15 +48,7 @@ class BoftDelta(WeightDelta):
 
     def rotations(self) -> torch.Tensor:
         """The block rotations of every stage, ``(stages, blocks, size, size)``."""
-        blocks = self.oft_blocks
-        skew = blocks - blocks.transpose(-1, -2)
-        constraint = self.alpha * self.target.weight.shape[0]
-        if constraint > 0:
-            norm = torch.norm(skew) + 1e-8
-            if norm > constraint:
-                skew = skew * constraint / norm
-        identity = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
-        return (identity + skew) @ (identity - skew).float().inverse().to(blocks.dtype)
+        return constrained_cayley(self.oft_blocks, self.alpha, self.target.weight.shape[0])
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         """``rescale * butterfly(W) - W``."""
@@ -75,7 +67,4 @@ class BoftDelta(WeightDelta):
 
     def state(self) -> dict[str, torch.Tensor]:
         """``oft_blocks``, ``alpha`` (and ``rescale``)."""
-        state = {"oft_blocks": self.oft_blocks.detach(), "alpha": torch.tensor(self.alpha)}
-        if self.rescale_weight is not None:
-            state["rescale"] = self.rescale_weight.detach().reshape(self.__dict__["_rescale_shape"])
-        return state
+        return rotation_state(self, self.oft_blocks, self.alpha, self.rescale_weight)

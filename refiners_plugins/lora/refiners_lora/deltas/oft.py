@@ -39,15 +39,7 @@ class OftDelta(WeightDelta):
 
     def rotation(self) -> torch.Tensor:
         """The block rotations ``R``, ``(blocks, size, size)``."""
-        blocks = self.oft_blocks
-        skew = blocks - blocks.transpose(1, 2)
-        constraint = self.alpha * self.target.weight.shape[0]
-        if constraint > 0:
-            norm = torch.norm(skew) + 1e-8
-            if norm > constraint:
-                skew = skew * constraint / norm
-        identity = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
-        return (identity + skew) @ (identity - skew).float().inverse().to(blocks.dtype)
+        return constrained_cayley(self.oft_blocks, self.alpha, self.target.weight.shape[0])
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         """``rescale * R^T W - W`` blockwise."""
@@ -63,10 +55,32 @@ class OftDelta(WeightDelta):
 
     def state(self) -> dict[str, torch.Tensor]:
         """``oft_blocks``, ``alpha`` (and ``rescale``)."""
-        state = {"oft_blocks": self.oft_blocks.detach(), "alpha": torch.tensor(self.alpha)}
-        if self.rescale_weight is not None:
-            state["rescale"] = self.rescale_weight.detach().reshape(self.__dict__["_rescale_shape"])
-        return state
+        return rotation_state(self, self.oft_blocks, self.alpha, self.rescale_weight)
+
+
+def constrained_cayley(blocks: torch.Tensor, alpha: float, out_channels: int) -> torch.Tensor:
+    """The Cayley rotations ``(I + S)(I - S)^-1`` of ``S = Q - Q^T`` for LyCORIS blocks ``Q`` ``(..., n, n)``;
+    with ``alpha`` positive, all the ``S`` together are first scaled down to norm ``alpha * out_channels``
+    when above it."""
+    skew = blocks - blocks.transpose(-1, -2)
+    constraint = alpha * out_channels
+    if constraint > 0:
+        norm = torch.norm(skew) + 1e-8
+        if norm > constraint:
+            skew = skew * constraint / norm
+    identity = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
+    return (identity + skew) @ (identity - skew).float().inverse().to(blocks.dtype)
+
+
+def rotation_state(
+    delta: nn.Module, blocks: torch.Tensor, alpha: float, rescale: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The tensors of a LyCORIS OFT / BOFT ``delta`` under their file keys: ``oft_blocks``, ``alpha`` and
+    ``rescale`` in the shape it was read in (see :func:`rescale_parameter`) when there is one."""
+    state = {"oft_blocks": blocks.detach(), "alpha": torch.tensor(alpha)}
+    if rescale is not None:
+        state["rescale"] = rescale.detach().reshape(delta.__dict__["_rescale_shape"])
+    return state
 
 
 def rescale_parameter(
