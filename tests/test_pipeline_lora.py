@@ -16,18 +16,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from refiners_sd.demo import DEMO_UNET_CONFIG
 from registry_fixtures import run_cli
 from safetensors.torch import save_file
-from test_sd_pipeline import (
-    SD15_SCHEDULER,
-    SDXL_SCHEDULER,
-    SDXL_UNET,
-    text_model,
-    tokenizer,
-    unet,
-    vae,
-)
+from tiny_pipelines import sd15_pipeline, sdxl_pipeline
 
 from refiners_core import LoadedAdapter, load_adapter
 
@@ -63,8 +54,6 @@ class Case:
 
     def __init__(self, root: Path, architecture: str) -> None:
         from diffusers import (
-            DDIMScheduler,
-            EulerDiscreteScheduler,
             StableDiffusionPipeline,
             StableDiffusionXLPipeline,
         )
@@ -74,29 +63,11 @@ class Case:
         self.folder = root / "pipeline"
         if architecture == "sd15":
             host: Any = StableDiffusionPipeline
-            pipeline = StableDiffusionPipeline(
-                vae=vae(),
-                text_encoder=text_model(32),
-                tokenizer=tokenizer(root / "tok"),
-                unet=unet(DEMO_UNET_CONFIG),
-                scheduler=DDIMScheduler.from_config(SD15_SCHEDULER),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            pipeline: Any = sd15_pipeline(root)
             encoders = {"text_encoder": pipeline.text_encoder}
         else:
             host = StableDiffusionXLPipeline
-            pipeline = StableDiffusionXLPipeline(
-                vae=vae(),
-                text_encoder=text_model(16, seed=1),
-                text_encoder_2=text_model(16, projection=16, seed=2),
-                tokenizer=tokenizer(root / "tok"),
-                tokenizer_2=tokenizer(root / "tok2", pad_token="!"),
-                unet=unet(SDXL_UNET),
-                scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
-                add_watermarker=False,
-            )
+            pipeline = sdxl_pipeline(root)
             encoders = {"text_encoder": pipeline.text_encoder, "text_encoder_2": pipeline.text_encoder_2}
         pipeline.save_pretrained(self.folder)
         layers = {"unet_lora_layers": _peft_layers(pipeline.unet, UNET_TARGETS, 7)}

@@ -12,146 +12,25 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from refiners_sd.demo import DEMO_SCHEDULER_CONFIG, DEMO_UNET_CONFIG, DEMO_VAE_CONFIG, write_tiny_tokenizer
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from refiners_sd.pipeline import StableDiffusion1, StableDiffusionXL, classifier_free_guidance, load_pipeline
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-from transformers import CLIPTokenizer as TransformersCLIPTokenizer
+from tiny_pipelines import compare, diffusers_latents, sd15_pipeline, sdxl_pipeline
 
-TOLERANCE = 1e-3
 SIZE = 64
-SCHEDULERS: dict[str, Any] = {
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "dpm++2m": DPMSolverMultistepScheduler,
-}
-# SD1.5 ships a PNDM config; pipelines swap schedulers with from_config, keeping the schedule fields.
-SD15_SCHEDULER = {**DEMO_SCHEDULER_CONFIG, "_class_name": "PNDMScheduler", "skip_prk_steps": True}
-SDXL_SCHEDULER = {**SD15_SCHEDULER, "_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading"}
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Add noise to every parameter so that no zero-initialised layer hides a mistake."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return model.eval()
-
-
-def text_model(hidden: int, projection: int | None = None, seed: int = 0) -> torch.nn.Module:
-    config = CLIPTextConfig(
-        vocab_size=128,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        pad_token_id=1,
-        eos_token_id=2,
-        projection_dim=projection or 512,
-        hidden_act="gelu" if projection else "quick_gelu",
-    )
-    torch.manual_seed(seed)
-    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
-    return perturbed(model, seed)
-
-
-def vae() -> AutoencoderKL:
-    blocks = len(DEMO_VAE_CONFIG["block_out_channels"])
-    torch.manual_seed(3)
-    model = AutoencoderKL(
-        **DEMO_VAE_CONFIG,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-    )
-    return perturbed(model, 3)
-
-
-def unet(config: dict[str, Any]) -> UNet2DConditionModel:
-    torch.manual_seed(4)
-    return perturbed(UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")}), 4)
-
-
-def tokenizer(folder: Path, pad_token: str | None = None) -> TransformersCLIPTokenizer:
-    return TransformersCLIPTokenizer.from_pretrained(str(write_tiny_tokenizer(folder, pad_token=pad_token)))
 
 
 @pytest.fixture(scope="module")
 def sd1_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sd1")
-    pipeline = StableDiffusionPipeline(
-        vae=vae(),
-        text_encoder=text_model(32),
-        tokenizer=tokenizer(root / "tokenizer_source"),
-        unet=unet(DEMO_UNET_CONFIG),
-        scheduler=DDIMScheduler.from_config(SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(root / "pipeline")
+    sd15_pipeline(root).save_pretrained(root / "pipeline")
     return root / "pipeline"
-
-
-SDXL_UNET: dict[str, Any] = {
-    "block_out_channels": (32, 64),
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-    "layers_per_block": 1,
-    "transformer_layers_per_block": (1, 2),
-    "attention_head_dim": (2, 4),
-    "cross_attention_dim": 32,  # 16 (text encoder) + 16 (text encoder 2)
-    "norm_num_groups": 8,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 8,
-    "projection_class_embeddings_input_dim": 16 + 6 * 8,  # pooled projection + 6 time ids
-    "sample_size": 8,
-}
 
 
 @pytest.fixture(scope="module")
 def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sdxl")
-    pipeline = StableDiffusionXLPipeline(
-        vae=vae(),
-        text_encoder=text_model(16, seed=1),
-        text_encoder_2=text_model(16, projection=16, seed=2),
-        tokenizer=tokenizer(root / "tokenizer_source"),
-        tokenizer_2=tokenizer(root / "tokenizer_2_source", pad_token="!"),
-        unet=unet(SDXL_UNET),
-        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
-        add_watermarker=False,
-    )
-    pipeline.save_pretrained(root / "pipeline")
+    sdxl_pipeline(root).save_pretrained(root / "pipeline")
     return root / "pipeline"
-
-
-def diffusers_latents(pipeline: Any, solver: str, **options: Any) -> torch.Tensor:
-    pipeline.scheduler = SCHEDULERS[solver].from_config(pipeline.scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    seed = options.pop("seed")
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad():
-        return pipeline(**options, generator=generator, output_type="latent").images
-
-
-def compare(expected: torch.Tensor, actual: torch.Tensor) -> float:
-    assert actual.shape == expected.shape
-    difference = (actual - expected).abs().max().item()
-    print(f"max |diff| {difference:.2e}")
-    assert difference < TOLERANCE, f"max |diff| {difference:.2e}"
-    return difference
 
 
 SD1_CASES = [

@@ -17,28 +17,24 @@ import pytest
 import refiners_sd
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
 from refiners_sd.clip.bpe import write_tokenizer_files
 from refiners_sd.pipeline.defaults import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG
 from refiners_sd.single_file.names import diffusers_vae_to_ldm, transformers_to_open_clip
 from refiners_sd.unet.mapping import diffusers_to_ldm_name
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from tiny_pipelines import TOLERANCE, clip_tokenizer, compare, diffusers_latents, text_model, unet, vae
 from transformers import CLIPTokenizer as TransformersCLIPTokenizer
 
 from refiners_core import PickleRefusedError, WeightsError
 
-TOLERANCE = 1e-3
 SIZE = 64
 WIDTH = 64  # CLIP-L: one head of 64 channels, the convention shapes cannot tell
 WIDTH_G = 128  # bigG: two heads; diffusers tells SDXL's encoders apart by width, so the tiny ones differ
-SCHEDULERS: dict[str, Any] = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
 
 SD15_UNET: dict[str, Any] = {
     "block_out_channels": (32, 64),
@@ -66,59 +62,8 @@ SDXL_UNET: dict[str, Any] = {
     "projection_class_embeddings_input_dim": SDXL_POOLED + 6 * 8,
     "sample_size": 8,
 }
+TINY_VAE: dict[str, Any] = {"block_out_channels": (32, 64), "norm_num_groups": 32}  # two blocks: 2x2 pixels per latent
 NOISE_SCHEDULE = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod")
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> Any:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return model.eval()
-
-
-def text_model(seed: int, projection: int | None = None) -> Any:
-    width = WIDTH_G if projection else WIDTH
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
-        num_attention_heads=width // 64,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=2,  # the legacy value Stable Diffusion's configs carry (pooling by argmax)
-        pad_token_id=1,
-        projection_dim=projection or 512,
-        hidden_act="gelu" if projection else "quick_gelu",
-    )
-    torch.manual_seed(seed)
-    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
-    return perturbed(model, seed)
-
-
-def vae(scaling_factor: float) -> AutoencoderKL:
-    torch.manual_seed(3)
-    model = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        scaling_factor=scaling_factor,
-    )
-    return perturbed(model, 3)
-
-
-def unet(config: dict[str, Any]) -> UNet2DConditionModel:
-    torch.manual_seed(4)
-    return perturbed(UNet2DConditionModel(**config), 4)
-
-
-def tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Any:
-    write_tokenizer_files(folder)
-    return TransformersCLIPTokenizer.from_pretrained(str(folder), pad_token=pad_token, model_max_length=77)
 
 
 def _text_l_tensors(model: Any) -> dict[str, torch.Tensor]:
@@ -169,9 +114,9 @@ def write_single_file(pipeline: Any, path: Path, sdxl: bool, dtype: torch.dtype 
 def sd15(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     root = tmp_path_factory.mktemp("sd15_single")
     pipeline = StableDiffusionPipeline(
-        vae=vae(0.18215),
-        text_encoder=text_model(1),
-        tokenizer=tokenizer(root / "tok"),
+        vae=vae(**TINY_VAE, scaling_factor=0.18215),
+        text_encoder=text_model(WIDTH, seed=1, clip_vocabulary=True),
+        tokenizer=clip_tokenizer(root / "tok"),
         unet=unet(SD15_UNET),
         scheduler=DDIMScheduler.from_config(SD15_SCHEDULER_CONFIG),
         safety_checker=None,
@@ -186,11 +131,11 @@ def sd15(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
 def sdxl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     root = tmp_path_factory.mktemp("sdxl_single")
     pipeline = StableDiffusionXLPipeline(
-        vae=vae(0.13025),
-        text_encoder=text_model(1),
-        text_encoder_2=text_model(2, projection=SDXL_POOLED),
-        tokenizer=tokenizer(root / "tok"),
-        tokenizer_2=tokenizer(root / "tok2", pad_token="!"),
+        vae=vae(**TINY_VAE, scaling_factor=0.13025),
+        text_encoder=text_model(WIDTH, seed=1, clip_vocabulary=True),
+        text_encoder_2=text_model(WIDTH_G, SDXL_POOLED, seed=2, clip_vocabulary=True),
+        tokenizer=clip_tokenizer(root / "tok"),
+        tokenizer_2=clip_tokenizer(root / "tok2", pad_token="!"),
         unet=unet(SDXL_UNET),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
         add_watermarker=False,
@@ -211,21 +156,6 @@ def diffusers_from_file(cls: Any, file: Path, folder: Path) -> Any:
     pipeline = cls.from_single_file(str(file), config=str(folder), local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
-
-
-def diffusers_latents(pipeline: Any, solver: str, **options: Any) -> torch.Tensor:
-    pipeline.scheduler = SCHEDULERS[solver].from_config(pipeline.scheduler.config)
-    generator = torch.Generator(device="cpu").manual_seed(options.pop("seed"))
-    with torch.no_grad():
-        return pipeline(**options, generator=generator, output_type="latent").images
-
-
-def compare(expected: torch.Tensor, actual: torch.Tensor) -> float:
-    assert actual.shape == expected.shape
-    difference = (actual - expected).abs().max().item()
-    print(f"max |diff| {difference:.2e}")
-    assert difference < TOLERANCE, f"max |diff| {difference:.2e}"
-    return difference
 
 
 @pytest.mark.parametrize(("solver", "negative"), [("ddim", None), ("euler", "blurry")])
@@ -370,7 +300,7 @@ def test_wrong_architecture_and_wrong_keys(sd15: tuple[Any, Path, Path], tmp_pat
 
 def test_vae_swap_from_file_and_folder(sd15: tuple[Any, Path, Path], tmp_path: Path) -> None:
     original, folder, file = sd15
-    other = vae(0.18215)
+    other = vae(**TINY_VAE, scaling_factor=0.18215)
     with torch.no_grad():
         for parameter in other.parameters():
             parameter.mul_(1.5)

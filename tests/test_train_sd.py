@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from refiners_sd.pipeline import load_pipeline
 from refiners_train.lora import train_lora
-from test_sd_pipeline import SDXL_SCHEDULER, SDXL_UNET, text_model, tokenizer, unet, vae
+from tiny_pipelines import sdxl_pipeline
 from train_fixtures import lora_config, one_thread, tiny_base, toy_data  # noqa: F401
 
 PROMPTS = ["a red square", "a blue square"]
@@ -20,19 +20,9 @@ PROMPTS = ["a red square", "a blue square"]
 
 @pytest.fixture(scope="module")
 def sdxl_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import EulerDiscreteScheduler
 
     root = tmp_path_factory.mktemp("sdxl")
-    pipeline = StableDiffusionXLPipeline(
-        vae=vae(),
-        text_encoder=text_model(16, seed=1),
-        text_encoder_2=text_model(16, projection=16, seed=2),
-        tokenizer=tokenizer(root / "tokenizer_source"),
-        tokenizer_2=tokenizer(root / "tokenizer_2_source", pad_token="!"),
-        unet=unet(SDXL_UNET),
-        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
-        add_watermarker=False,
-    )
+    pipeline = sdxl_pipeline(root)
     pipeline.save_pretrained(root / "pipeline")
     return root / "pipeline"
 
