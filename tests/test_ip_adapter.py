@@ -218,19 +218,23 @@ def test_h94_state_dict_round_trip_and_dtype(tiny: TinyUNets) -> None:
 # ---- image encoder ----------------------------------------------------------------------------------
 
 
+def tiny_image_encoder() -> CLIPImageEncoder:
+    """A 2-layer CLIP image encoder of ``IMAGE_DIM`` channels on 28x28 inputs (random weights)."""
+    config = CLIPImageConfig(
+        hidden_size=IMAGE_DIM,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        projection_dim=IMAGE_DIM,
+    )
+    return CLIPImageEncoder(config).eval()
+
+
 def test_compute_image_embedding_with_tiny_encoder(tiny: TinyUNets) -> None:
     model, path, _ = tiny("sd15")
-    encoder = CLIPImageEncoder(
-        CLIPImageConfig(
-            hidden_size=IMAGE_DIM,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            projection_dim=IMAGE_DIM,
-        )
-    ).eval()
+    encoder = tiny_image_encoder()
     images = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(8))
     unet = refiners_sd.load_unet(path)
     base = IPAdapter.from_file(unet, make_h94(model, "base", IMAGE_DIM))
@@ -370,17 +374,7 @@ def test_set_image_serves_batches_with_and_without_guidance(tiny: TinyUNets) -> 
     """``set_image`` needs no guidance flag: a UNet batch of 2B (guidance) reads [negative, positive] tokens, a
     batch of B the positive half, as the explicit embeddings give."""
     model, path, inputs = tiny("sd15")  # BATCH = 2: the guided batch of one image
-    encoder = CLIPImageEncoder(
-        CLIPImageConfig(
-            hidden_size=IMAGE_DIM,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            projection_dim=IMAGE_DIM,
-        )
-    ).eval()
+    encoder = tiny_image_encoder()
     image = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(9))
     unet = refiners_sd.load_unet(path)
     adapter = IPAdapter.from_file(unet, make_h94(model, "plus", IMAGE_DIM), image_encoder=encoder).inject()
