@@ -11,51 +11,34 @@ At user scale ``s`` the change is ``s * (W' - W)``, as for :mod:`refiners_lora.d
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta
-from refiners_lora.deltas.oft import constrained_cayley, rescale_parameter, rotation_state
-from refiners_lora.errors import LoraError
+from refiners_lora.deltas.oft import OftDelta
 
 
-class BoftDelta(WeightDelta):
-    """BOFT of one layer (LyCORIS ``oft_blocks`` of four dimensions + ``rescale``)."""
+class BoftDelta(OftDelta):
+    """BOFT of one layer: a LyCORIS OFT (same keys, rotations, constraint and ``rescale``) whose
+    ``oft_blocks`` have four dimensions, one butterfly stage each."""
 
     algorithm = "boft"
 
-    def __init__(
-        self,
-        target: nn.Module,
-        blocks: torch.Tensor,
-        rescale: torch.Tensor | None,
-        alpha: float | None,
-        scale: float = 1.0,
-    ) -> None:
-        super().__init__(target, scale)
-        shape = tuple(self.target.weight.shape)
-        if (
-            blocks.dim() != 4
-            or blocks.shape[2] != blocks.shape[3]
-            or blocks.shape[2] % 2
-            or blocks.shape[1] * blocks.shape[2] != shape[0]
-            or (shape[0] // blocks.shape[2]) < 2 ** (blocks.shape[0] - 1)
-        ):
-            raise LoraError(f"oft_blocks of shape {tuple(blocks.shape)} does not fit a weight of shape {shape}")
-        like = self.target.weight
-        self.oft_blocks = nn.Parameter(blocks.to(like))
-        self.rescale_weight = rescale_parameter(self, rescale, shape, like)
-        self.alpha = float(alpha or 0.0)
-
-    def rotations(self) -> torch.Tensor:
-        """The block rotations of every stage, ``(stages, blocks, size, size)``."""
-        return constrained_cayley(self.oft_blocks, self.alpha, self.target.weight.shape[0])
+    @staticmethod
+    def fits(blocks: torch.Tensor, shape: tuple[int, ...]) -> bool:
+        """Whether ``oft_blocks`` ``(stages, blocks, size, size)`` fit a weight of ``shape``: an even block size,
+        the blocks covering the output channels, and enough of them for every stage's pairing."""
+        return (
+            blocks.dim() == 4
+            and blocks.shape[2] == blocks.shape[3]
+            and blocks.shape[2] % 2 == 0
+            and blocks.shape[1] * blocks.shape[2] == shape[0]
+            and (shape[0] // blocks.shape[2]) >= 2 ** (blocks.shape[0] - 1)
+        )
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         """``rescale * butterfly(W) - W``."""
         _, count, size, _ = self.oft_blocks.shape
         rest = weight.shape[1:]
         rotated = weight
-        for stage, rotation in enumerate(self.rotations().to(weight.dtype)):
+        for stage, rotation in enumerate(self.rotation().to(weight.dtype)):
             stride = 2**stage * size // 2
             # channels `stride` apart become neighbours, then each run of `size` is one block
             grouped = rotated.reshape(-1, 2, stride, *rest).transpose(1, 2).reshape(count, size, *rest)
@@ -64,7 +47,3 @@ class BoftDelta(WeightDelta):
         if self.rescale_weight is not None:
             rotated = rotated * self.rescale_weight.to(weight.dtype)
         return rotated - weight
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """``oft_blocks``, ``alpha`` (and ``rescale``)."""
-        return rotation_state(self, self.oft_blocks, self.alpha, self.rescale_weight)

@@ -30,15 +30,23 @@ class OftDelta(WeightDelta):
     ) -> None:
         super().__init__(target, scale)
         shape = tuple(self.target.weight.shape)
-        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2] or blocks.shape[0] * blocks.shape[1] != shape[0]:
+        if not self.fits(blocks, shape):
             raise LoraError(f"oft_blocks of shape {tuple(blocks.shape)} does not fit a weight of shape {shape}")
         like = self.target.weight
         self.oft_blocks = nn.Parameter(blocks.to(like))
         self.rescale_weight = rescale_parameter(self, rescale, shape, like)
         self.alpha = float(alpha or 0.0)
 
+    @staticmethod
+    def fits(blocks: torch.Tensor, shape: tuple[int, ...]) -> bool:
+        """Whether ``oft_blocks`` of this shape fit a weight of ``shape``: ``(blocks, size, size)`` covering the
+        output channels."""
+        return (
+            blocks.dim() == 3 and blocks.shape[1] == blocks.shape[2] and blocks.shape[0] * blocks.shape[1] == shape[0]
+        )
+
     def rotation(self) -> torch.Tensor:
-        """The block rotations ``R``, ``(blocks, size, size)``."""
+        """The block rotations ``R``, shaped like ``oft_blocks``."""
         return constrained_cayley(self.oft_blocks, self.alpha, self.target.weight.shape[0])
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
@@ -54,8 +62,11 @@ class OftDelta(WeightDelta):
         return change
 
     def state(self) -> dict[str, torch.Tensor]:
-        """``oft_blocks``, ``alpha`` (and ``rescale``)."""
-        return rotation_state(self, self.oft_blocks, self.alpha, self.rescale_weight)
+        """``oft_blocks``, ``alpha`` (and ``rescale``, in the shape it was read in)."""
+        state = {"oft_blocks": self.oft_blocks.detach(), "alpha": torch.tensor(self.alpha)}
+        if self.rescale_weight is not None:
+            state["rescale"] = self.rescale_weight.detach().reshape(self.__dict__["_rescale_shape"])
+        return state
 
 
 def constrained_cayley(blocks: torch.Tensor, alpha: float, out_channels: int) -> torch.Tensor:
@@ -70,17 +81,6 @@ def constrained_cayley(blocks: torch.Tensor, alpha: float, out_channels: int) ->
             skew = skew * constraint / norm
     identity = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
     return (identity + skew) @ (identity - skew).float().inverse().to(blocks.dtype)
-
-
-def rotation_state(
-    delta: nn.Module, blocks: torch.Tensor, alpha: float, rescale: torch.Tensor | None
-) -> dict[str, torch.Tensor]:
-    """The tensors of a LyCORIS OFT / BOFT ``delta`` under their file keys: ``oft_blocks``, ``alpha`` and
-    ``rescale`` in the shape it was read in (see :func:`rescale_parameter`) when there is one."""
-    state = {"oft_blocks": blocks.detach(), "alpha": torch.tensor(alpha)}
-    if rescale is not None:
-        state["rescale"] = rescale.detach().reshape(delta.__dict__["_rescale_shape"])
-    return state
 
 
 def rescale_parameter(
