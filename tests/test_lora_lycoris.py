@@ -410,6 +410,13 @@ def test_peft_parity(case: LycorisCase, kind: str, tmp_path: Path, monkeypatch: 
             manager.unfuse()
             torch.testing.assert_close(case.ours(), half, atol=ATOL, rtol=0)
             manager.fuse()
+        else:  # peft ignores scaling for OFT and BOFT: ours, s * (W' - W), fused equals unfused and lies in between
+            manager.set_scale(kind, 0.5)
+            fused_half = case.ours()
+            manager.unfuse()
+            torch.testing.assert_close(case.ours(), fused_half, atol=ATOL, rtol=0)
+            assert min((fused_half - expected).abs().max(), (fused_half - case.base).abs().max()) > 1e-4
+            manager.fuse()
         if kind != "dora":  # PEFT DoRA at scale 0 keeps its magnitude: m * W / ||W||, not W
             manager.set_scale(kind, 0.0)
             torch.testing.assert_close(case.ours(), case.base, atol=ATOL, rtol=0)
