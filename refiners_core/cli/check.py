@@ -12,9 +12,7 @@ import importlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -77,6 +75,8 @@ class PluginTarget:
 
 def target_from_project(root: Path) -> PluginTarget:
     """Read a local project's ``pyproject.toml``. Raises ValueError when it cannot be used."""
+    import tomllib  # only `plugin check` reads pyproject files: kept off the CLI's start-up
+
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file():
         raise ValueError(f"{root} has no pyproject.toml")
@@ -209,7 +209,10 @@ def _missing_module(reference: str) -> str | None:
 
 
 def _probe_import(module_name: str, import_paths: list[Path]) -> dict[str, Any]:
+    import subprocess  # kept off the CLI's start-up, as tomllib
+
     command = [sys.executable, "-c", _IMPORT_PROBE, module_name, json.dumps([str(p) for p in import_paths])]
+
     completed = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     try:
         return json.loads(completed.stdout.strip().splitlines()[-1])

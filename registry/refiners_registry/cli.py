@@ -14,13 +14,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from refiners_core.text import printable
-from refiners_registry.catalog import CatalogEntry
 from refiners_registry.errors import RegistryError, exit_code_for
+
+if TYPE_CHECKING:
+    from refiners_registry.catalog import CatalogEntry
 
 __all__ = ["adapters_app", "cache_app", "register"]
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from refiners_core.plugins.descriptors import NameResolver
 from refiners_core.plugins.hookspecs import hookimpl
-from refiners_registry.sources import bundled_catalog_path
 
 if TYPE_CHECKING:
     import typer
@@ -40,4 +39,6 @@ def refiners_name_resolvers() -> list[NameResolver]:
 @hookimpl
 def refiners_catalog_entries() -> Iterable[Path]:
     """The catalog bundled with refiners-registry."""
+    from refiners_registry.sources import bundled_catalog_path  # the catalog parser stays off the CLI's start-up
+
     return [bundled_catalog_path()]
