@@ -363,7 +363,7 @@ def test_errors_list_offending_keys_and_leave_the_model_unchanged() -> None:
     assert manager.names == ["kept", "text_skipped"]
 
 
-def test_text_encoder_component_given_as_a_chain() -> None:
+def test_text_encoder_component_given_as_a_chain(tmp_path: Path) -> None:
     unet, text_encoder = toy_model(), rc.Chain(rc.Linear(4, 4))
     x = torch.randn(2, 4)
     down, up = torch.randn(2, 4), torch.randn(4, 2)
@@ -378,8 +378,31 @@ def test_text_encoder_component_given_as_a_chain() -> None:
     manager.add("both", state)
     assert {component for component, _ in manager.layers_of("both")} == {"unet", "text_encoder"}
     torch.testing.assert_close(text_encoder(x), base + 0.5 * x @ down.T @ up.T)
+    changed = text_encoder(x)
+    for layout in ("kohya", "diffusers"):  # saved under the Chain's own names, read back the same
+        path = manager.save("both", tmp_path / f"{layout}.safetensors", format=layout)
+        manager.remove("both")
+        manager.add("both", path)
+        torch.testing.assert_close(text_encoder(x), changed)
     manager.remove_all()
     assert torch.equal(text_encoder(x), base)
+
+
+def test_kohya_prefixes_follow_kohya_trainers() -> None:
+    from refiners_lora.writers import kohya_prefixes
+
+    clip_name = "encoder.layers.0.mlp.fc1"  # transformers >= 5 flattens CLIPTextModel: no `text_model.`
+    one = kohya_prefixes([("unet", "down_blocks.0.attentions.0.proj_in"), ("text_encoder", clip_name)])
+    assert one == {
+        ("unet", "down_blocks.0.attentions.0.proj_in"): "lora_unet_down_blocks_0_attentions_0_proj_in",
+        ("text_encoder", clip_name): "lora_te_text_model_encoder_layers_0_mlp_fc1",  # one text encoder: lora_te_
+    }
+    two = kohya_prefixes([("text_encoder", f"text_model.{clip_name}"), ("text_encoder_2", clip_name)])
+    assert set(two.values()) == {
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1",
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+    }
+    assert kohya_prefixes([("text_encoder", "Linear")]) == {("text_encoder", "Linear"): "lora_te_Linear"}
 
 
 def test_fused_state_survives_failed_add() -> None:

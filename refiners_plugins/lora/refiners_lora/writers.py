@@ -25,6 +25,8 @@ PATTERNS = {"r": "rank_pattern", "lora_alpha": "alpha_pattern", "alpha": "alpha_
 # where the rank is small enough): set when any layer uses them
 ANY_OF = ("decompose_both", "use_effective_conv2d")
 SAVE_FORMATS = ("diffusers", "kohya", "refiners")
+# the children of transformers' CLIP text model under its `text_model` level
+CLIP_TEXT_CHILDREN = ("embeddings", "encoder", "final_layer_norm")
 
 
 def _most_common(values: Iterable[Any]) -> Any:
@@ -104,14 +106,15 @@ def diffusers_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor],
 
 def kohya_prefixes(targets: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """The kohya key prefix of each ``(component, module)``: ``lora_unet_<module_with_underscores>``, and for text
-    encoders ``lora_te_`` (or ``lora_te1_`` / ``lora_te2_`` with two) plus the module name under ``text_model``, as
-    kohya's trainers write it whether or not the loaded file had that level."""
+    encoders ``lora_te_`` (or ``lora_te1_`` / ``lora_te2_`` with two) plus the module name; a transformers CLIP
+    name is written under ``text_model``, as kohya's trainers write it, whether or not the loaded file had that
+    level (other names, e.g. a custom map's, are written as they are)."""
     targets = list(targets)
     two_text_encoders = any(component == "text_encoder_2" for component, _ in targets)
     prefixes: dict[tuple[str, str], str] = {}
     for component, module in targets:
         name = module
-        if component != "unet" and not name.startswith(TRANSFORMERS_WRAPPER):
+        if component != "unet" and name.split(".")[0] in CLIP_TEXT_CHILDREN:
             name = TRANSFORMERS_WRAPPER + name
         prefixes[component, module] = f"{kohya_key_prefix(component, two_text_encoders)}_{name.replace('.', '_')}"
     return prefixes
