@@ -9,7 +9,7 @@ diffusers config folder that keeps diffusers offline; see ``bench/single_file.py
 2. **speed**, in float16 (the first of ``--dtypes``): single-file load onto the device, UNet forward
    (batch 2, guidance), a ``--steps`` generation at 512 px (SD1.5) / 1024 px (SDXL) in iterations per
    second, and fusing a random rank-8 kohya LoRA into the UNet (``LoraManager.add`` + ``fuse`` vs
-   ``load_lora_weights`` + ``fuse_lora``).
+   ``load_lora_weights`` + ``fuse_lora``), with on CUDA the GPU memory each fuse added at its peak.
 
 One table is printed. ``--tiny`` uses tiny models, 64 px and 2 steps, so that ``python bench/gpu.py --tiny
 --device cpu`` runs in seconds (the test suite runs it that way; on the CPU the default dtype is float32,
@@ -53,6 +53,18 @@ def timed(device: torch.device, step: Callable[[], Any]) -> tuple[float, Any]:
     result = step()
     synchronize(device)
     return time.perf_counter() - start, result
+
+
+def timed_with_memory(device: torch.device, step: Callable[[], Any]) -> tuple[float, float | None]:
+    """Seconds of ``step`` and, on CUDA, the device memory it added at its peak over what was allocated
+    before, in GiB (``None`` elsewhere)."""
+    if device.type != "cuda":
+        return timed(device, step)[0], None
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(device, step)[0]
+    return seconds, (torch.cuda.max_memory_allocated(device) - before) / 2**30
 
 
 def median_time(device: torch.device, step: Callable[[], Any], repeats: int) -> float:
@@ -134,8 +146,9 @@ def load_both(architecture: str, file: Path, folder: Path, device: torch.device,
     return ours, theirs, ours_seconds, theirs_seconds
 
 
-def lora_fuse_seconds(ours: Any, theirs: Any, device: torch.device) -> tuple[float, float]:
-    """Seconds to load and fuse one random rank-8 kohya LoRA into each UNet."""
+def lora_fuse_cost(ours: Any, theirs: Any, device: torch.device) -> tuple[float, float, float | None, float | None]:
+    """Seconds to load and fuse one random rank-8 kohya LoRA into each UNet, and on CUDA the device memory
+    (GiB) each side added at its peak doing so (ours keeps the original weights in host memory)."""
     from refiners_lora import LoraManager
 
     with tempfile.TemporaryDirectory() as directory:
@@ -151,13 +164,13 @@ def lora_fuse_seconds(ours: Any, theirs: Any, device: torch.device) -> tuple[flo
             theirs.load_lora_weights(str(path), adapter_name="bench")
             theirs.fuse_lora()
 
-        ours_seconds = timed(device, ours_fuse)[0]
-        theirs_seconds = timed(device, theirs_fuse)[0]
+        ours_seconds, ours_memory = timed_with_memory(device, ours_fuse)
+        theirs_seconds, theirs_memory = timed_with_memory(device, theirs_fuse)
         manager.unfuse()
         manager.remove("bench")
         theirs.unfuse_lora()
         theirs.unload_lora_weights()
-    return ours_seconds, theirs_seconds
+    return ours_seconds, theirs_seconds, ours_memory, theirs_memory
 
 
 def check(
@@ -186,15 +199,18 @@ def check(
     unet_theirs = median_time(device, lambda: diffusers_unet(theirs, inputs), repeats)
     generate_ours = timed(device, lambda: ours_generate(ours, steps, size))[0]
     generate_theirs = timed(device, lambda: diffusers_generate(theirs, steps, size))[0]
-    fuse_ours, fuse_theirs = lora_fuse_seconds(ours, theirs, device)
-    rows = []
-    for step, mine, reference, unit in (
+    fuse_ours, fuse_theirs, memory_ours, memory_theirs = lora_fuse_cost(ours, theirs, device)
+    measured: list[tuple[str, float, float, str]] = [
         ("single-file load", ours_load, theirs_load, "s"),
         (f"UNet forward, batch 2, {size // 8}x{size // 8} latents", unet_ours, unet_theirs, "s"),
         (f"generate {steps} steps at {size} px", steps / generate_ours, steps / generate_theirs, "it/s"),
         ("LoRA rank 8 load + fuse", fuse_ours, fuse_theirs, "s"),
-    ):
-        ratio = reference / mine if unit == "s" else mine / reference
+    ]
+    if memory_ours is not None and memory_theirs is not None:
+        measured.append(("LoRA rank 8 load + fuse, peak added GPU memory", memory_ours, memory_theirs, "GiB"))
+    rows = []
+    for step, mine, reference, unit in measured:
+        ratio = reference / max(mine, 1e-9) if unit in ("s", "GiB") else mine / reference
         rows.append(f"| {architecture} | {step} | {mine:.3f} {unit} | {reference:.3f} {unit} | {ratio:.2f}x |")
     return parity, rows
 
