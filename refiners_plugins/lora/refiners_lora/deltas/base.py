@@ -135,6 +135,17 @@ class WeightDelta(rc.Module):
         """``weight += delta_at(weight, scale)`` in place (algorithms may avoid the full-size temporary)."""
         weight.add_(self.delta_at(weight, scale).to(weight.dtype))
 
+    def register_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Register each of ``tensors`` as a parameter under its file key suffix, on the target's device and
+        dtype."""
+        like = self.target.weight
+        for name, tensor in tensors.items():
+            self.register_parameter(name, nn.Parameter(tensor.to(device=like.device, dtype=like.dtype)))
+
+    def registered_tensors(self) -> dict[str, torch.Tensor]:
+        """The parameters of :meth:`register_tensors`, detached, by key suffix."""
+        return {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+
     def _base_weight(self) -> torch.Tensor:
         return self.target.weight
 
@@ -287,6 +298,12 @@ def product_shape(left: torch.Tensor, right: torch.Tensor, what: str) -> tuple[i
     if left.dim() != 2 or right.dim() < 2 or left.shape[1] != right.shape[0]:
         raise LoraError(f"{what}: shapes {tuple(left.shape)} and {tuple(right.shape)} cannot be multiplied")
     return int(left.shape[0]), math.prod(right.shape[1:])
+
+
+def tucker_product(core: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """A Tucker core ``(rank, rank, kh, kw)`` contracted with ``up`` ``(rank, out)`` and ``down`` ``(rank, in)``:
+    ``(out, in, kh, kw)`` (LoHa ``hada_t*``, LoKr ``lokr_t2``)."""
+    return torch.einsum("i j ..., i o, j c -> o c ...", core, up, down)
 
 
 def tucker_shape(core: torch.Tensor, up: torch.Tensor, down: torch.Tensor, what: str) -> tuple[int, ...]:

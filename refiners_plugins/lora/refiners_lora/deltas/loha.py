@@ -17,14 +17,10 @@ from refiners_lora.deltas.base import (
     product_shape,
     reshape_to,
     row_blocks,
+    tucker_product,
     tucker_shape,
 )
 from refiners_lora.errors import LoraError
-
-
-def _tucker(core: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    # core (rank, rank, kh, kw), up (rank, out), down (rank, in) -> (out, in, kh, kw)
-    return torch.einsum("i j ..., i o, j c -> o c ...", core, up, down)
 
 
 class LohaDelta(WeightDelta):
@@ -44,9 +40,7 @@ class LohaDelta(WeightDelta):
         self.tucker = "hada_t1" in tensors or "hada_t2" in tensors
         if self.tucker and not ("hada_t1" in tensors and "hada_t2" in tensors):
             raise LoraError("LoHa Tucker needs both hada_t1 and hada_t2")
-        like = self.target.weight
-        for name, tensor in tensors.items():
-            self.register_parameter(name, nn.Parameter(tensor.to(device=like.device, dtype=like.dtype)))
+        self.register_tensors(tensors)
         self.rank = int(tensors["hada_w1_b"].shape[0])
         if self.rank <= 0:
             raise LoraError("LoHa rank must be positive, got 0")
@@ -76,8 +70,8 @@ class LohaDelta(WeightDelta):
         p = dict(self.named_parameters(recurse=False))
         w1_a = p["hada_w1_a"] * (scale * self.alpha / self.rank)
         if self.tucker:
-            first = _tucker(p["hada_t1"], w1_a, p["hada_w1_b"])
-            second = _tucker(p["hada_t2"], p["hada_w2_a"], p["hada_w2_b"])
+            first = tucker_product(p["hada_t1"], w1_a, p["hada_w1_b"])
+            second = tucker_product(p["hada_t2"], p["hada_w2_a"], p["hada_w2_b"])
         else:
             first = w1_a @ p["hada_w1_b"].flatten(1)
             second = p["hada_w2_a"] @ p["hada_w2_b"].flatten(1)
@@ -96,8 +90,8 @@ class LohaDelta(WeightDelta):
         flat = weight.view(rows, -1)
         for block in row_blocks(*flat.shape):
             if self.tucker:
-                first = _tucker(p["hada_t1"], p["hada_w1_a"][:, block] * factor, p["hada_w1_b"])
-                second = _tucker(p["hada_t2"], p["hada_w2_a"][:, block], p["hada_w2_b"])
+                first = tucker_product(p["hada_t1"], p["hada_w1_a"][:, block] * factor, p["hada_w1_b"])
+                second = tucker_product(p["hada_t2"], p["hada_w2_a"][:, block], p["hada_w2_b"])
             else:
                 first = (p["hada_w1_a"][block] * factor) @ p["hada_w1_b"].flatten(1)
                 second = p["hada_w2_a"][block] @ p["hada_w2_b"].flatten(1)
@@ -105,12 +99,12 @@ class LohaDelta(WeightDelta):
 
     def state(self) -> dict[str, torch.Tensor]:
         """``hada_*`` tensors and ``alpha``."""
-        state = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        state = self.registered_tensors()
         state["alpha"] = torch.tensor(self.alpha)
         return state
 
     def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """``hada_*`` tensors with ``r`` and ``alpha`` (PEFT LoHa scales by ``alpha / r`` too)."""
-        tensors = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        tensors = self.registered_tensors()
         config = {"peft_type": "LOHA", "r": self.rank, "alpha": self.alpha, "use_effective_conv2d": self.tucker}
         return tensors, config

@@ -21,6 +21,7 @@ from refiners_lora.deltas.base import (
     product_shape,
     reshape_to,
     row_blocks,
+    tucker_product,
     tucker_shape,
 )
 from refiners_lora.errors import LoraError
@@ -41,9 +42,7 @@ class LokrDelta(WeightDelta):
             raise LoraError("LoKr needs lokr_w1 or both lokr_w1_a and lokr_w1_b")
         if not ("lokr_w2" in has or {"lokr_w2_a", "lokr_w2_b"} <= has):
             raise LoraError("LoKr needs lokr_w2 or both lokr_w2_a and lokr_w2_b")
-        like = self.target.weight
-        for name, tensor in tensors.items():
-            self.register_parameter(name, nn.Parameter(tensor.to(device=like.device, dtype=like.dtype)))
+        self.register_tensors(tensors)
         rank: int | None = None
         if "lokr_w1" not in has:
             rank = int(tensors["lokr_w1_b"].shape[0])
@@ -90,7 +89,7 @@ class LokrDelta(WeightDelta):
         if "lokr_w2" in p:
             return p["lokr_w2"]
         if "lokr_t2" in p:
-            return torch.einsum("i j ..., i o, j c -> o c ...", p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+            return tucker_product(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
         w2 = p["lokr_w2_a"] @ p["lokr_w2_b"].flatten(1)
         if weight.dim() == 4 and w1.dim() == 2:
             # (out2, in2 * kh * kw) -> (out2, in2, kh, kw) so the kernel stays out of the Kronecker product
@@ -132,7 +131,7 @@ class LokrDelta(WeightDelta):
 
     def state(self) -> dict[str, torch.Tensor]:
         """``lokr_*`` tensors and ``alpha`` (when the file had one)."""
-        state = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        state = self.registered_tensors()
         if self.alpha is not None:
             state["alpha"] = torch.tensor(self.alpha)
         return state
@@ -144,7 +143,7 @@ class LokrDelta(WeightDelta):
 
     def peft_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """``lokr_*`` tensors, with ``r`` and ``alpha`` giving this delta's scale as ``alpha / r``."""
-        tensors = {name: parameter.detach() for name, parameter in self.named_parameters(recurse=False)}
+        tensors = self.registered_tensors()
         rank = self.peft_rank or self.rank or 1
         config = {"peft_type": "LOKR", "r": rank, "alpha": self.factor * rank}
         config["decompose_both"] = "lokr_w1_a" in tensors
