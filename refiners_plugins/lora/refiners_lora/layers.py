@@ -11,6 +11,7 @@ from torch import nn
 import refiners_core as rc
 from refiners_lora.deltas.base import WeightDelta, check_finite
 from refiners_lora.errors import LoraError
+from refiners_lora.writers import lora_config_fields
 
 
 def _parameter(tensor: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
@@ -105,7 +106,7 @@ class Lora(rc.Chain, WeightDelta):
             return None
         down, up = self._weights()
         tensors = {"lora_A.weight": down.detach(), "lora_B.weight": up.detach()}
-        return tensors, {"peft_type": "LORA", "r": self.rank, "lora_alpha": self.alpha}
+        return tensors, lora_config_fields(self.rank, self.alpha)
 
     @torch.no_grad()
     def fuse(self) -> None:

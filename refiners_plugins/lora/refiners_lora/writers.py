@@ -75,9 +75,11 @@ def peft_config(layers: Mapping[str, Mapping[str, Any]], component: str = "unet"
     return config
 
 
-def _lora_config(down: torch.Tensor, alpha: float) -> dict[str, Any]:
+def lora_config_fields(rank: int, alpha: float) -> dict[str, Any]:
+    """The PEFT ``LoraConfig`` fields of one plain LoRA layer (no rsLoRA, no DoRA, no bias)."""
     return {
-        "r": int(down.shape[0]),
+        "peft_type": "LORA",
+        "r": rank,
         "lora_alpha": float(alpha),
         "use_rslora": False,
         "use_dora": False,
@@ -100,7 +102,7 @@ def diffusers_state_dict(tensors: LoraTensors) -> tuple[dict[str, torch.Tensor],
     for (component, module), (down, up, alpha) in tensors.items():
         state[f"{component}.{module}.lora_A.weight"] = down
         state[f"{component}.{module}.lora_B.weight"] = up
-        configs.setdefault(component, {})[module] = _lora_config(down, alpha)
+        configs.setdefault(component, {})[module] = lora_config_fields(int(down.shape[0]), alpha)
     return state, _adapter_metadata(configs)
 
 
