@@ -42,6 +42,7 @@ __all__ = [
     "cached_file",
     "default_cache_dir",
     "fetch_file",
+    "hash_and_record",
     "local_io_error",
     "remove_cached_file",
     "sha256_file",
@@ -236,6 +237,26 @@ def _discard_local(local_dir: Path, downloaded: Path) -> str:
     return "the bad file was removed"
 
 
+def hash_and_record(name: str, path: Path, sha256: str) -> str:
+    """Hash ``path``; record it as verified when it matches ``sha256``, else drop any record of it; return the hash.
+
+    Raises:
+        FileNotFoundError: the file vanished while being read.
+        LocalIOError: it cannot be read (``name`` is the entry, for the message).
+    """
+    try:
+        got = sha256_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise LocalIOError(f"{name}: cannot read {path}: {_describe_os_error(error)}") from error
+    if got == sha256:
+        remember_verified(path, got)
+    else:
+        forget_verified(path)
+    return got
+
+
 def check_file(
     name: str,
     file: SourceFile,
@@ -257,16 +278,9 @@ def check_file(
         return
     if report is not None:
         report(f"verifying sha256 of {file.path}")
-    try:
-        got = sha256_file(downloaded)
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise LocalIOError(f"{name}: cannot read {downloaded}: {_describe_os_error(error)}") from error
+    got = hash_and_record(name, downloaded, file.sha256)
     if got == file.sha256:
-        remember_verified(downloaded, got)
         return
-    forget_verified(downloaded)
     if local_dir is None:
         outcome = _discard_cached(cache_dir, repo_id, downloaded, got)
     else:

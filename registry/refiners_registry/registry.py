@@ -18,8 +18,8 @@ from refiners_registry.download import (
     cached_file,
     default_cache_dir,
     fetch_file,
+    hash_and_record,
     remove_cached_file,
-    sha256_file,
 )
 from refiners_registry.errors import (
     CatalogError,
@@ -30,7 +30,6 @@ from refiners_registry.errors import (
 )
 from refiners_registry.requirements import ensure_plugin
 from refiners_registry.sources import collect_sources
-from refiners_registry.verified import forget_verified, remember_verified
 
 if TYPE_CHECKING:
     import torch
@@ -228,13 +227,9 @@ class Registry:
                 checks.append(FileCheck(file.path, "missing", file.sha256))
                 continue
             try:
-                got = sha256_file(local)
-            except OSError as error:
+                got = hash_and_record(name, local, file.sha256)
+            except FileNotFoundError as error:  # removed meanwhile: unreadable, as any other read failure here
                 raise LocalIOError(f"{name}: cannot read {local}: {error.strerror or error}") from error
-            if got == file.sha256:
-                remember_verified(local, got)
-            else:
-                forget_verified(local)
             checks.append(FileCheck(file.path, "ok" if got == file.sha256 else "mismatch", file.sha256, got, local))
         return VerifyResult(entry.name, tuple(checks))
 
