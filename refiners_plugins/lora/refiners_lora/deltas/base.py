@@ -300,6 +300,14 @@ def product_shape(left: torch.Tensor, right: torch.Tensor, what: str) -> tuple[i
     return int(left.shape[0]), math.prod(right.shape[1:])
 
 
+def cayley(skew: torch.Tensor) -> torch.Tensor:
+    """The Cayley rotations ``(I - S)(I + S)^-1`` of a batch of skew-symmetric ``S``, ``(..., n, n)`` (a linear
+    solve in float32, returned in ``skew``'s dtype); LyCORIS' ``(I + S)(I - S)^-1`` is that of ``-S``."""
+    identity = torch.eye(skew.shape[-1], device=skew.device, dtype=torch.float32).expand_as(skew)
+    skew32 = skew.float()
+    return torch.linalg.solve(identity + skew32, identity - skew32, left=False).to(skew.dtype)
+
+
 def tucker_product(core: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """A Tucker core ``(rank, rank, kh, kw)`` contracted with ``up`` ``(rank, out)`` and ``down`` ``(rank, in)``:
     ``(out, in, kh, kw)`` (LoHa ``hada_t*``, LoKr ``lokr_t2``)."""

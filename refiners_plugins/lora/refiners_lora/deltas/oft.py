@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta
+from refiners_lora.deltas.base import WeightDelta, cayley
 from refiners_lora.errors import LoraError
 
 
@@ -79,8 +79,7 @@ def constrained_cayley(blocks: torch.Tensor, alpha: float, out_channels: int) ->
         norm = torch.norm(skew) + 1e-8
         if norm > constraint:
             skew = skew * constraint / norm
-    identity = torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype)
-    return (identity + skew) @ (identity - skew).float().inverse().to(blocks.dtype)
+    return cayley(-skew)
 
 
 def rescale_parameter(

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta
-from refiners_lora.deltas.peft_oft import cayley
+from refiners_lora.deltas.base import WeightDelta, cayley
 from refiners_lora.errors import LoraError
 
 

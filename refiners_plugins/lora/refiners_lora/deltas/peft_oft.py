@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refiners_lora.deltas.base import WeightDelta
+from refiners_lora.deltas.base import WeightDelta, cayley
 from refiners_lora.errors import LoraError
 
 
@@ -81,11 +81,3 @@ class PeftOftDelta(WeightDelta):
         if self.neumann_terms is not None:
             config["num_cayley_neumann_terms"] = self.neumann_terms
         return self.state(), config
-
-
-def cayley(skew: torch.Tensor) -> torch.Tensor:
-    """The Cayley rotations ``(I - S)(I + S)^-1`` of a batch of skew-symmetric ``S``, ``(..., n, n)``,
-    as PEFT's OFT and BOFT compute them (a linear solve in float32, returned in ``skew``'s dtype)."""
-    identity = torch.eye(skew.shape[-1], device=skew.device, dtype=torch.float32).expand_as(skew)
-    skew32 = skew.float()
-    return torch.linalg.solve(identity + skew32, identity - skew32, left=False).to(skew.dtype)
