@@ -15,7 +15,7 @@ from refiners_lora.deltas.base import nonfinite_keys
 from refiners_lora.errors import LoraError
 from refiners_lora.formats.common import LoraWeights, ParsedLora
 from refiners_lora.formats.diffusers import METADATA_KEY as DIFFUSERS_METADATA_KEY
-from refiners_lora.formats.diffusers import is_diffusers, parse_diffusers
+from refiners_lora.formats.diffusers import is_diffusers, load_adapter_config, parse_diffusers
 from refiners_lora.formats.diffusers_old import is_diffusers_old, parse_diffusers_old
 from refiners_lora.formats.kohya import is_kohya, parse_kohya
 from refiners_lora.formats.refiners import METADATA_KEY as REFINERS_MARKER
@@ -77,12 +77,7 @@ def read_lora_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[s
             raise LoraError(f"cannot read {peft_config}: {error}") from None
         source = str(peft_config)
     if DIFFUSERS_METADATA_KEY in metadata:
-        try:
-            config = json.loads(metadata[DIFFUSERS_METADATA_KEY])
-        except ValueError as error:
-            raise LoraError(f"{source} is not valid JSON: {error}") from None
-        if not isinstance(config, dict):
-            raise LoraError(f"{source} is not a JSON object")
+        load_adapter_config(metadata[DIFFUSERS_METADATA_KEY], source)  # checked now, to name the file
     bad = nonfinite_keys(tensors)
     if bad:
         raise LoraError(f"{file} holds NaN or infinite values in {format_keys(bad)}")

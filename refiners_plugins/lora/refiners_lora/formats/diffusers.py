@@ -35,6 +35,18 @@ def is_diffusers(keys: list[str]) -> bool:
     return any(".lora_A." in key or ".lora_B." in key or _PEFT_EXTRA.match(key) for key in keys)
 
 
+def load_adapter_config(text: str, source: str) -> dict[str, Any]:
+    """A ``lora_adapter_metadata`` header or ``adapter_config.json`` as a dict, or a :class:`LoraError` naming
+    ``source`` when it is not a JSON object."""
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise LoraError(f"{source} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise LoraError(f"{source} is not a JSON object")
+    return config
+
+
 def split_metadata(metadata: Mapping[str, str] | None) -> dict[str, dict[str, Any]]:
     """The per-component LoRA configs of a ``lora_adapter_metadata`` header (``{}`` when absent).
 
@@ -43,12 +55,7 @@ def split_metadata(metadata: Mapping[str, str] | None) -> dict[str, dict[str, An
     """
     if not metadata or METADATA_KEY not in metadata:
         return {}
-    try:
-        config = json.loads(metadata[METADATA_KEY])
-    except ValueError as error:
-        raise LoraError(f"the {METADATA_KEY} header (or adapter_config.json) is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise LoraError(f"the {METADATA_KEY} header (or adapter_config.json) is not a JSON object")
+    config = load_adapter_config(metadata[METADATA_KEY], f"the {METADATA_KEY} header (or adapter_config.json)")
     prefixed: dict[str, dict[str, Any]] = {component: {} for component in COMPONENTS}
     found = False
     for key, value in config.items():
